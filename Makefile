@@ -1,0 +1,34 @@
+# trustmesh: `make demo` runs the mesh, `make test` runs the suite. Both install into .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint unit demo bench clean
+
+install: $(STAMP)
+
+# Reinstall only when the project's metadata changes, so `make test` is fast on a warm tree.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip >/dev/null
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check trustmesh tests bench
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test: lint unit
+
+demo: install
+	$(BIN)/trustmesh demo $(DEMO_ARGS)
+
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# System packages the test suite needs (Debian). Idempotent; skipped when already present.
+set -euo pipefail
+need=()
+command -v git >/dev/null || need+=(git)
+command -v openssl >/dev/null || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "missing system packages: ${need[*]} (run as root to install)" >&2; exit 1
+  fi
+fi

@@ -1,0 +1,1 @@
+"""OpenTelemetry set-up, trace-context propagation, structlog configuration, metrics."""
