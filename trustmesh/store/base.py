@@ -1,0 +1,129 @@
+"""The narrow persistence interface of the control plane.
+
+Everything the control plane remembers goes through `Store`, so that SQLite (the
+default, one file in the state dir) and a later PostgreSQL backend (for HA) are
+interchangeable. The interface speaks in plain records with timezone-aware UTC
+datetimes; backends choose their own column types.
+
+The one operation with a real concurrency contract is
+`consume_join_token_and_record`: a token is single use, and that must hold even
+when fifty joins race for it, so backends implement it as one conditional UPDATE
+plus the audit INSERT in a single transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+CaKeyKind = Literal["root", "intermediate"]
+
+
+@dataclass(frozen=True)
+class JoinTokenRecord:
+    """A join token as stored: never the secret, only its SHA-256."""
+
+    id: str
+    secret_hash: str
+    spiffe_id: str
+    service: str
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+    used_by_serial: str | None = None
+
+    def state(self, now: datetime) -> str:
+        """The state `token list` shows: `unused`, `used by serial X` or `expired`."""
+        if self.used_at is not None:
+            return f"used by serial {self.used_by_serial}"
+        if self.expires_at <= now:
+            return "expired"
+        return "unused"
+
+
+@dataclass(frozen=True)
+class IssuedSvidRecord:
+    """One line of the issuance audit log.
+
+    `serial` is text because X.509 serials are up to 159 bits, more than any SQL integer.
+    `auth` says how the caller proved who it was: `join-token:<id>`, `renew:<serial>` or `bootstrap`.
+    """
+
+    serial: str
+    spiffe_id: str
+    not_after: datetime
+    issued_at: datetime
+    auth: str
+
+
+@dataclass(frozen=True)
+class CaKeyRecord:
+    """Metadata about one CA key (never the key): which, since when, until when."""
+
+    fingerprint: str
+    kind: CaKeyKind
+    not_before: datetime
+    not_after: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Which SPIFFE ID a service runs as (recorded when a token is created for it)."""
+
+    service: str
+    spiffe_id: str
+    created_at: datetime
+
+
+class TokenConsumeFailed(Exception):
+    """The conditional consume matched no row: the token is unknown, expired or already used.
+
+    `reason` is the exact cause for the server log (`unknown`, `expired`, `used`);
+    callers see only "invalid, expired or already used".
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Store(Protocol):
+    """Persistence for tokens, the SVID audit log, CA key metadata and registrations."""
+
+    async def create_join_token(self, record: JoinTokenRecord) -> None: ...
+
+    async def get_join_token(self, token_id: str) -> JoinTokenRecord | None: ...
+
+    async def list_join_tokens(self) -> list[JoinTokenRecord]: ...
+
+    async def consume_join_token_and_record(
+        self, token_id: str, secret_hash: str, now: datetime, issued: IssuedSvidRecord
+    ) -> None:
+        """Mark the token used by `issued.serial` and append `issued` to the audit log, atomically.
+
+        Raises `TokenConsumeFailed` (and changes nothing) unless the token exists, has this
+        secret hash, is unused and has not expired at `now`.
+        """
+        ...
+
+    async def record_svid(self, record: IssuedSvidRecord) -> None: ...
+
+    async def get_svid(self, serial: str) -> IssuedSvidRecord | None: ...
+
+    async def list_svids(self) -> list[IssuedSvidRecord]: ...
+
+    async def put_ca_key(self, record: CaKeyRecord) -> None:
+        """Insert or replace the metadata of the key with this fingerprint."""
+        ...
+
+    async def list_ca_keys(self) -> list[CaKeyRecord]: ...
+
+    async def put_registration(self, registration: Registration) -> None:
+        """Insert or replace the registration of `registration.service`."""
+        ...
+
+    async def list_registrations(self) -> list[Registration]: ...
+
+    async def aclose(self) -> None: ...
