@@ -1,0 +1,1 @@
+"""Fixtures for trustmesh.identity tests (pure code: no fixtures needed beyond hypothesis)."""
