@@ -15,8 +15,12 @@ TD256 = "a" * 256
 VALID: list[tuple[str, str, str, str]] = [
     ("ID-04", "spiffe://example.org", "example.org", ""),
     ("ID-16", "spiffe://example.org/ns/default/sa/api", "example.org", "/ns/default/sa/api"),
-    ("ID-16", "spiffe://example.org/9eebccd2-12bf-40a6-b262-65fe0487d453", "example.org",
-     "/9eebccd2-12bf-40a6-b262-65fe0487d453"),
+    (
+        "ID-16",
+        "spiffe://example.org/9eebccd2-12bf-40a6-b262-65fe0487d453",
+        "example.org",
+        "/9eebccd2-12bf-40a6-b262-65fe0487d453",
+    ),
     ("ID-08", "spiffe://a-b_c.d", "a-b_c.d", ""),
     ("ID-08", "spiffe://0123456789", "0123456789", ""),
     ("ID-10", "spiffe://192.168.0.1/x", "192.168.0.1", "/x"),
@@ -33,8 +37,12 @@ VALID: list[tuple[str, str, str, str]] = [
     ("ID-15", "spiffe://td/a-b_c.d", "td", "/a-b_c.d"),
     ("ID-15", "spiffe://td/0/1/2", "td", "/0/1/2"),
     ("ID-19", "spiffe://" + TD255, TD255, ""),
-    ("ID-17", "spiffe://td/" + "a" * (2048 - len("spiffe://td/")), "td",
-     "/" + "a" * (2048 - len("spiffe://td/"))),
+    (
+        "ID-17",
+        "spiffe://td/" + "a" * (2048 - len("spiffe://td/")),
+        "td",
+        "/" + "a" * (2048 - len("spiffe://td/")),
+    ),
     ("ID-20", "spiffe://td/Path", "td", "/Path"),
 ]
 
