@@ -235,6 +235,16 @@ class _Intermediate:
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey | None  # only the active intermediate keeps its key
 
+    @property
+    def authority_key_id(self) -> x509.AuthorityKeyIdentifier:
+        """AKI for the leaves it signs, computed once (it is on every issuance's hot path)."""
+        if self._aki is None:
+            ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        return self._aki
+
+    _aki: x509.AuthorityKeyIdentifier | None = None
+
 
 @dataclass
 class _JwtKey:
@@ -554,9 +564,7 @@ class CertificateAuthority:
             # X-05: the subject is empty, so the SAN extension must be critical.
             .add_extension(x509.SubjectAlternativeName(sans), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.key.public_key()), critical=False
-            )
+            .add_extension(signer.authority_key_id, critical=False)
             .sign(signer.key, hashes.SHA256())
         )
         SVIDS_ISSUED.labels(type="x509").inc()
