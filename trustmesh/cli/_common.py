@@ -1,0 +1,53 @@
+"""Small pieces shared by the CA-side command groups (ca, token, bundle, control-plane, demo).
+
+Parsing happens here, once, at the edge: flags become typed values (Path, timedelta,
+SpiffeId) or a one-line `CliError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+from pathlib import Path
+
+from trustmesh.ca import CaStateError, CertificateAuthority
+from trustmesh.cli.errors import CliError
+from trustmesh.clock import Clock, SystemClock
+from trustmesh.durations import parse_duration
+from trustmesh.tracing.logs import configure_logging
+
+
+def add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the CA's state directory (keys, database)",
+    )
+
+
+def duration(text: str) -> timedelta:
+    """argparse `type=` for Go-style durations; argparse turns the ValueError into a usage error."""
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        raise ValueError(f"duration {text!r} must be positive")
+    return value
+
+
+# argparse prints the type's __name__ in its "invalid ... value" message.
+duration.__name__ = "duration (e.g. 30s, 10m, 1h, 7d)"
+
+
+def quiet_logging() -> None:
+    """Short commands print their result on stdout; logs go to stderr and only when they matter."""
+    configure_logging(level="warning")
+
+
+def load_ca(state_dir: Path, clock: Clock | None = None) -> CertificateAuthority:
+    if not state_dir.is_dir():
+        raise CliError(f"state dir {state_dir} does not exist; run `trustmesh ca init` first")
+    try:
+        return CertificateAuthority.load(state_dir, clock=clock or SystemClock())
+    except CaStateError as exc:
+        raise CliError(f"no usable CA in {state_dir}: {exc}") from exc

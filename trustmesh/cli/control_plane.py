@@ -1,0 +1,59 @@
+"""`trustmesh control-plane`: serve the CA API over HTTPS until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+import structlog
+import trio
+
+from trustmesh.ca import DEFAULT_X509_SVID_TTL
+from trustmesh.cli._common import add_state_dir, duration, load_ca
+from trustmesh.cli.errors import CliError
+from trustmesh.control.server import ControlPlane, parse_listen
+from trustmesh.durations import format_duration
+from trustmesh.tracing.logs import configure_logging
+
+log = structlog.get_logger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("control-plane", help="serve the CA API (join, renew, bundle, JWT-SVID)")
+    add_state_dir(parser)
+    parser.add_argument(
+        "--listen", default="127.0.0.1:8443", help="host:port (default 127.0.0.1:8443; port 0 = any)"
+    )
+    parser.add_argument(
+        "--svid-ttl",
+        type=duration,
+        default=DEFAULT_X509_SVID_TTL,
+        help=f"lifetime of issued X.509-SVIDs (default {format_duration(DEFAULT_X509_SVID_TTL)})",
+    )
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    configure_logging(level=args.log_level)
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    load_ca(args.state_dir)  # fail with one line before binding anything
+    control_plane = ControlPlane(args.state_dir, host=host, port=port, svid_ttl=args.svid_ttl)
+    try:
+        trio.run(_serve, control_plane)
+    except OSError as exc:  # typically: address already in use
+        raise CliError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
+    return 0
+
+
+async def _serve(control_plane: ControlPlane) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(control_plane.run)
+            async for signum in signals:
+                log.info("control_plane_stopping", signal=signal.Signals(signum).name)
+                control_plane.stop()
+                break

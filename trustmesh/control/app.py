@@ -1,0 +1,135 @@
+"""The control-plane HTTP API as a Starlette app: JSON in, JSON out, 4xx for every bad input.
+
+Handlers only translate HTTP to `Issuer` calls and back. The caller's TLS client chain
+comes from `PEER_CHAIN`, a context variable that `server.py` sets in the connection's
+task before hypercorn starts; every request task of that connection inherits it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from typing import Any
+
+import structlog
+from cryptography import x509
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from trustmesh.control.errors import ApiError
+from trustmesh.control.issuer import Issuer
+
+log = structlog.get_logger(__name__)
+
+# Every request body we accept is a CSR or a short list; 64 KiB is far above that and far
+# below anything that could hurt memory.
+MAX_BODY_BYTES = 64 * 1024
+
+PEER_CHAIN: contextvars.ContextVar[tuple[x509.Certificate, ...]] = contextvars.ContextVar(
+    "trustmesh_peer_chain", default=()
+)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_n = int(declared)
+        except ValueError:
+            raise ApiError(400, "invalid_request", "Content-Length is not a number") from None
+        if declared_n > MAX_BODY_BYTES:
+            raise ApiError(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    return data
+
+
+def _str_field(data: dict[str, Any], name: str) -> str:
+    if name not in data:
+        raise ApiError(400, "missing_field", f"field {name!r} is required")
+    value = data[name]
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "invalid_field", f"field {name!r} must be a non-empty string")
+    return value
+
+
+def build_app(issuer: Issuer) -> Starlette:
+    """The ASGI app for one issuer (one CA and store)."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def join(request: Request) -> Response:
+        data = await _json_body(request)
+        token = _str_field(data, "token")
+        csr = _str_field(data, "csr")
+        return JSONResponse((await issuer.join(token, csr)).to_json())
+
+    async def renew(request: Request) -> Response:
+        chain = PEER_CHAIN.get()
+        if not chain:
+            raise ApiError(
+                401, "unauthenticated", "renew needs the caller's current SVID as TLS client certificate"
+            )
+        data = await _json_body(request)
+        csr = _str_field(data, "csr")
+        return JSONResponse((await issuer.renew(chain, csr)).to_json())
+
+    async def jwt_svid(request: Request) -> Response:
+        chain = PEER_CHAIN.get()
+        if not chain:
+            raise ApiError(
+                401, "unauthenticated", "jwt-svid needs the caller's SVID as TLS client certificate"
+            )
+        data = await _json_body(request)
+        if "audience" not in data:
+            raise ApiError(400, "missing_field", "field 'audience' is required")
+        audience = data["audience"]
+        if not isinstance(audience, list):
+            raise ApiError(400, "invalid_field", "field 'audience' must be a list of strings")
+        return JSONResponse({"token": await issuer.jwt_svid(chain, audience)})
+
+    async def bundle_json(request: Request) -> Response:
+        return Response(issuer.ca.bundle().to_spiffe_json(), media_type="application/json")
+
+    async def bundle_pem(request: Request) -> Response:
+        return Response(issuer.ca.bundle().to_pem(), media_type="application/x-pem-file")
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
+
+    async def on_bug(request: Request, exc: Exception) -> Response:
+        # Only our own bugs reach here; every input problem is an ApiError. Log with the
+        # traceback, answer in the same JSON shape.
+        log.error("api_internal_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
+        return JSONResponse({"error": "internal", "detail": "internal server error"}, status_code=500)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/v1/join", join, methods=["POST"]),
+            Route("/v1/renew", renew, methods=["POST"]),
+            Route("/v1/jwt-svid", jwt_svid, methods=["POST"]),
+            Route("/v1/bundle", bundle_json, methods=["GET"]),
+            Route("/v1/bundle.pem", bundle_pem, methods=["GET"]),
+        ],
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_bug},
+    )

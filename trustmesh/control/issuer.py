@@ -1,0 +1,271 @@
+"""Issuance workflows: join, renew, JWT-SVID and token creation.
+
+This is the seam between the outside (HTTP handlers, CLI commands) and the CA plus the
+store. Both the API and the CLI call these functions, so there is one code path per
+job. Everything here decides *whether* to issue; the `CertificateAuthority` only
+signs, and it is the only thing that touches a private key.
+
+Order of a join, chosen so that a failed request changes nothing:
+1. parse the token and check the CSR (pure, no state),
+2. look the token up and check secret, expiry and use (read only),
+3. sign the SVID (the CA changes no persistent state),
+4. consume the token and append the audit row in one transaction with a conditional
+   UPDATE; if a concurrent join won the race, the signed certificate is thrown away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import NoReturn
+
+import structlog
+from cryptography import x509
+from prometheus_client import Counter
+
+from trustmesh.ca import CertificateAuthority, CsrRejected, check_csr, spki_fingerprint
+from trustmesh.ca.join_token import DEFAULT_JOIN_TOKEN_TTL, InvalidJoinToken, JoinToken, secret_matches
+from trustmesh.clock import Clock
+from trustmesh.control.errors import TOKEN_REJECTED_DETAIL, ApiError
+from trustmesh.identity import SpiffeId, SvidError, validate_x509_svid
+from trustmesh.store import (
+    CaKeyRecord,
+    IssuedSvidRecord,
+    JoinTokenRecord,
+    Registration,
+    Store,
+    TokenConsumeFailed,
+)
+from trustmesh.store.base import CaKeyKind
+
+log = structlog.get_logger(__name__)
+
+SVIDS_ISSUED = Counter("trustmesh_svids_issued", "X.509-SVIDs issued by the control plane", ["method"])
+JWT_SVIDS_ISSUED = Counter("trustmesh_jwt_svids_issued", "JWT-SVIDs issued by the control plane")
+
+# A JWT-SVID names its audiences; a handful is plenty, and a cap keeps tokens small.
+MAX_AUDIENCES = 16
+MAX_AUDIENCE_LEN = 2048
+
+
+@dataclass(frozen=True)
+class IssuedResponse:
+    """The body of a successful join or renew (the API contract's shape)."""
+
+    spiffe_id: str
+    svid_pem: str
+    bundle_pem: str
+    expires_at: datetime
+    serial: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "spiffe_id": self.spiffe_id,
+            "svid": self.svid_pem,
+            "bundle": self.bundle_pem,
+            "expires_at": rfc3339(self.expires_at),
+        }
+
+
+def rfc3339(value: datetime) -> str:
+    """UTC RFC 3339 with a `Z`, second precision (what certificates carry)."""
+    return value.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def serial_text(serial: int) -> str:
+    """Serials are stored and shown as lowercase hex, as `openssl x509 -serial` does (but lowercase)."""
+    return format(serial, "x")
+
+
+class Issuer:
+    """Decides who gets which identity; owns no keys (the CA does) and no rows (the store does)."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        store: Store,
+        clock: Clock,
+        *,
+        svid_ttl: timedelta | None = None,
+    ) -> None:
+        self.ca = ca
+        self.store = store
+        self.clock = clock
+        self.svid_ttl = svid_ttl
+
+    # -- tokens --------------------------------------------------------------------------
+
+    async def create_token(
+        self, spiffe_id: SpiffeId, service: str, ttl: timedelta = DEFAULT_JOIN_TOKEN_TTL
+    ) -> JoinToken:
+        """A new single-use token for `spiffe_id`; the store keeps only its hash."""
+        trust_domain = self.ca.bundle().trust_domain
+        if spiffe_id.trust_domain != trust_domain:
+            raise ValueError(f"SPIFFE ID {spiffe_id} is not in this CA's trust domain {trust_domain!r}")
+        if not spiffe_id.path:
+            raise ValueError(f"SPIFFE ID {spiffe_id} has no path; a workload ID needs one (X-04)")
+        if not service:
+            raise ValueError("service name must not be empty")
+        if ttl <= timedelta(0):
+            raise ValueError("token TTL must be positive")
+        token = JoinToken.generate(self.ca.fingerprint())
+        now = self.clock.now()
+        await self.store.create_join_token(
+            JoinTokenRecord(
+                id=token.token_id,
+                secret_hash=token.secret_hash,
+                spiffe_id=str(spiffe_id),
+                service=service,
+                created_at=now,
+                expires_at=now + ttl,
+            )
+        )
+        await self.store.put_registration(
+            Registration(service=service, spiffe_id=str(spiffe_id), created_at=now)
+        )
+        log.info(
+            "join_token_created",
+            token_id=token.token_id,
+            spiffe_id=str(spiffe_id),
+            service=service,
+            expires_at=rfc3339(now + ttl),
+        )
+        return token
+
+    # -- X.509-SVIDs ---------------------------------------------------------------------
+
+    async def join(self, token_text: str, csr_pem: str) -> IssuedResponse:
+        """Exchange a join token and a CSR for an SVID (the token's SPIFFE ID, never the CSR's)."""
+        try:
+            token = JoinToken.parse(token_text)
+        except InvalidJoinToken as exc:
+            self._token_refused("malformed", None, str(exc))
+        csr = _check_csr(csr_pem)
+        record = await self.store.get_join_token(token.token_id)
+        now = self.clock.now()
+        if record is None:
+            self._token_refused("unknown", token.token_id)
+        if not secret_matches(token.secret, record.secret_hash):
+            self._token_refused("wrong_secret", token.token_id)
+        if record.used_at is not None:
+            self._token_refused("used", token.token_id, f"used by serial {record.used_by_serial}")
+        if record.expires_at <= now:
+            self._token_refused("expired", token.token_id)
+        spiffe_id = SpiffeId.parse(record.spiffe_id)
+        issued = self.ca.sign_x509_svid(csr, spiffe_id, ttl=self.svid_ttl)
+        serial = serial_text(issued.serial)
+        auth = f"join-token:{token.token_id}"
+        try:
+            await self.store.consume_join_token_and_record(
+                token.token_id,
+                record.secret_hash,
+                now,
+                IssuedSvidRecord(
+                    serial=serial,
+                    spiffe_id=str(spiffe_id),
+                    not_after=issued.not_after,
+                    issued_at=now,
+                    auth=auth,
+                ),
+            )
+        except TokenConsumeFailed as exc:
+            # Lost a race with a concurrent join of the same token: the certificate just
+            # signed is discarded, never returned.
+            self._token_refused(exc.reason, token.token_id, "lost the single-use race")
+        return self._issued(spiffe_id, issued.chain_pem(), issued.not_after, serial, auth, "join")
+
+    async def renew(self, peer_chain: Sequence[x509.Certificate], csr_pem: str) -> IssuedResponse:
+        """A fresh SVID for the same SPIFFE ID as the caller's current, valid SVID."""
+        caller = self.authenticate(peer_chain)
+        csr = _check_csr(csr_pem)
+        issued = self.ca.sign_x509_svid(csr, caller, ttl=self.svid_ttl)
+        serial = serial_text(issued.serial)
+        auth = f"renew:{serial_text(peer_chain[0].serial_number)}"
+        await self.store.record_svid(
+            IssuedSvidRecord(
+                serial=serial,
+                spiffe_id=str(caller),
+                not_after=issued.not_after,
+                issued_at=self.clock.now(),
+                auth=auth,
+            )
+        )
+        return self._issued(caller, issued.chain_pem(), issued.not_after, serial, auth, "renew")
+
+    async def jwt_svid(self, peer_chain: Sequence[x509.Certificate], audience: Sequence[str]) -> str:
+        """A JWT-SVID for the authenticated caller, for the given audiences."""
+        caller = self.authenticate(peer_chain)
+        if not audience or len(audience) > MAX_AUDIENCES:
+            raise ApiError(400, "invalid_audience", f"audience must list 1 to {MAX_AUDIENCES} values (J-07)")
+        for value in audience:
+            if not isinstance(value, str) or not value or len(value) > MAX_AUDIENCE_LEN:
+                raise ApiError(400, "invalid_audience", "each audience must be a non-empty string")
+        token = self.ca.sign_jwt_svid(caller, list(audience))
+        JWT_SVIDS_ISSUED.inc()
+        log.info("jwt_svid_issued", spiffe_id=str(caller), audience=list(audience))
+        return token
+
+    def authenticate(self, peer_chain: Sequence[x509.Certificate]) -> SpiffeId:
+        """The caller's SPIFFE ID from its TLS client chain, validated against the current bundle.
+
+        TLS already proved the caller holds the leaf's key; this checks that the leaf is
+        a valid SVID of our trust domain right now (by our clock, not OpenSSL's).
+        """
+        if not peer_chain:
+            raise ApiError(401, "unauthenticated", "this endpoint needs a client certificate (mutual TLS)")
+        try:
+            return validate_x509_svid(peer_chain, self.ca.bundle(), self.clock.now())
+        except SvidError as exc:
+            log.warning("svid_auth_refused", reason=exc.reason, detail=str(exc))
+            raise ApiError(403, "svid_rejected", f"client SVID rejected: {exc}") from exc
+
+    def _issued(
+        self, spiffe_id: SpiffeId, chain_pem: bytes, not_after: datetime, serial: str, auth: str, method: str
+    ) -> IssuedResponse:
+        SVIDS_ISSUED.labels(method=method).inc()
+        log.info(
+            "svid_issued",
+            spiffe_id=str(spiffe_id),
+            serial=serial,
+            expires_at=rfc3339(not_after),
+            auth=auth,
+        )
+        return IssuedResponse(
+            spiffe_id=str(spiffe_id),
+            svid_pem=chain_pem.decode("ascii"),
+            bundle_pem=self.ca.bundle().to_pem().decode("ascii"),
+            expires_at=not_after,
+            serial=serial,
+        )
+
+    def _token_refused(self, reason: str, token_id: str | None, detail: str = "") -> NoReturn:
+        log.warning("join_refused", reason=reason, token_id=token_id, detail=detail)
+        raise ApiError(403, "invalid_token", TOKEN_REJECTED_DETAIL)
+
+
+async def record_ca_keys(store: Store, ca: CertificateAuthority, now: datetime) -> None:
+    """Mirror the CA's roots (those in the bundle) and signing intermediate into the store's metadata table.
+
+    The CA's own files stay the source of truth; this table is what an operator (or a
+    second control plane sharing a PostgreSQL store) can query without key access.
+    """
+    certs: list[tuple[CaKeyKind, x509.Certificate]] = [("root", r) for r in ca.bundle().x509_authorities]
+    certs.append(("intermediate", ca.intermediate_certificate))
+    for kind, cert in certs:
+        await store.put_ca_key(
+            CaKeyRecord(
+                fingerprint=spki_fingerprint(cert),
+                kind=kind,
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                created_at=now,
+            )
+        )
+
+
+def _check_csr(csr_pem: str) -> x509.CertificateSigningRequest:
+    try:
+        return check_csr(csr_pem.encode("utf-8"))
+    except CsrRejected as exc:
+        raise ApiError(400, "invalid_csr", str(exc)) from exc

@@ -1,0 +1,161 @@
+"""Running the control plane: TLS accept loop, hypercorn per connection, background rotation.
+
+The accept loop is ours rather than hypercorn's `serve()` because the API authenticates
+callers by their TLS client certificate and hypercorn does not pass it to the app (see
+`tls.py`). For each TCP connection we:
+1. wrap it in `trio.SSLStream` with `ServerTls.context` (TLS 1.3 only, client cert optional),
+2. complete the handshake ourselves (bounded by a timeout),
+3. put the peer's chain in the `PEER_CHAIN` context variable of this connection's task,
+4. hand the stream to hypercorn's trio `TCPServer`, whose request tasks inherit the variable.
+Hypercorn still does all of HTTP (h11 parsing, keep-alive, ASGI).
+
+Background work lives in the same nursery: the intermediate rotates at half-life
+(`rotate_if_due`) and the control plane's own SVID is reissued at half-life or when the
+trust roots change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+import trio
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.config import Config
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+
+from trustmesh.ca import CertificateAuthority
+from trustmesh.clock import Clock, SystemClock
+from trustmesh.control.app import PEER_CHAIN, build_app
+from trustmesh.control.issuer import Issuer, record_ca_keys
+from trustmesh.control.tls import ServerTls, peer_chain
+from trustmesh.store import Store, open_store
+
+log = structlog.get_logger(__name__)
+
+# How often the background task asks "is a rotation due?". Rotations happen at half-life
+# of lifetimes measured in hours, so a check every half minute is early enough.
+DEFAULT_ROTATION_CHECK = timedelta(seconds=30)
+# A client that cannot finish a TLS handshake in this time is not worth a task slot.
+HANDSHAKE_TIMEOUT_S = 10.0
+# After SIGTERM, in-flight requests get this long to finish before they are cancelled.
+GRACEFUL_SHUTDOWN_S = 5.0
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`) to a pair; raise ValueError saying what is wrong."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"listen address {text!r} must be host:port, e.g. 127.0.0.1:8443")
+    host = host.removeprefix("[").removesuffix("]")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"listen address {text!r} has an invalid port")
+    return host, int(port_text)
+
+
+@dataclass
+class ControlPlane:
+    """One control plane over one state dir. `await nursery.start(cp.run)` returns once serving."""
+
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    svid_ttl: timedelta | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    store_url: str | None = None
+    rotation_check: timedelta = DEFAULT_ROTATION_CHECK
+    ca: CertificateAuthority | None = field(default=None, init=False)
+    store: Store | None = field(default=None, init=False)
+    issuer: Issuer | None = field(default=None, init=False)
+    tls: ServerTls | None = field(default=None, init=False)
+    bound_port: int = field(default=0, init=False)
+    _stop: trio.Event = field(default_factory=trio.Event, init=False)
+
+    @property
+    def listen_address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.bound_port}"
+
+    def stop(self) -> None:
+        """Ask `run` to stop accepting, let in-flight requests finish, and return."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        ca = CertificateAuthority.load(self.state_dir, clock=self.clock)
+        store = await open_store(self.state_dir, self.store_url)
+        try:
+            self.ca, self.store = ca, store
+            self.issuer = Issuer(ca, store, self.clock, svid_ttl=self.svid_ttl)
+            self.tls = ServerTls(ca, self.clock, self.host, self.svid_ttl)
+            self.tls.refresh()
+            await self._record_ca_keys()
+            await self._serve(task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+            log.info("control_plane_stopped")
+
+    async def _serve(self, task_status: trio.TaskStatus[str]) -> None:
+        assert self.issuer is not None and self.tls is not None
+        app = ASGIWrapper(build_app(self.issuer))  # type: ignore[arg-type]  # ASGI typings differ
+        config = Config()
+        context = WorkerContext(None)
+        tls = self.tls
+
+        async def handle(tcp: trio.SocketStream) -> None:
+            stream = trio.SSLStream(tcp, tls.context, server_side=True, https_compatible=True)
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+                # A client with a foreign CA, a plaintext client, a scanner: not our problem to fix.
+                cause = exc.__cause__ if exc.__cause__ is not None else exc
+                log.info("tls_handshake_failed", error=type(cause).__name__, detail=str(cause))
+                await trio.aclose_forcefully(stream)
+                return
+            try:
+                chain = tuple(peer_chain(stream))
+            except ValueError as exc:  # OpenSSL accepted it, cryptography cannot parse it
+                log.info("tls_client_chain_unparsable", detail=str(exc))
+                await trio.aclose_forcefully(stream)
+                return
+            PEER_CHAIN.set(chain)
+            await TCPServer(app, config, context, ConnectionState({}), stream).run()
+
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as main:
+                main.start_soon(lambda: trio.serve_listeners(handle, listeners, handler_nursery=connections))
+                main.start_soon(self._rotation_loop)
+                log.info("control_plane_ready", listen=self.listen_address, state_dir=str(self.state_dir))
+                task_status.started(self.listen_address)
+                await self._stop.wait()
+                main.cancel_scope.cancel()
+            # Idle keep-alive connections close at once; busy ones get a grace period.
+            await context.terminated.set()
+            connections.cancel_scope.deadline = trio.current_time() + GRACEFUL_SHUTDOWN_S
+
+    async def _rotation_loop(self) -> None:
+        while True:
+            await trio.sleep(self.rotation_check.total_seconds())
+            await self.rotate_now()
+
+    async def rotate_now(self) -> None:
+        """One rotation check (the background loop calls this; tests call it with a ManualClock)."""
+        assert self.ca is not None and self.tls is not None
+        if self.ca.rotate_if_due():
+            log.info("intermediate_rotated")
+            self.tls.refresh()
+            await self._record_ca_keys()
+        elif self.tls.due():
+            self.tls.refresh()
+            await self._record_ca_keys()
+
+    async def _record_ca_keys(self) -> None:
+        assert self.ca is not None and self.store is not None
+        await record_ca_keys(self.store, self.ca, self.clock.now())
