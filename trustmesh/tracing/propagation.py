@@ -1,0 +1,260 @@
+"""Trace context on raw header lists: W3C `traceparent`/`tracestate` in and out, B3 accepted in.
+
+Sans-I/O and per request on the hot path, so it works on the sidecar's own representation
+(`list[tuple[bytes, bytes]]`, names in any case), scans each list once, and builds no OpenTelemetry
+objects unless a context was actually sent.
+
+Two calls, one on each side of the sidecar's span:
+
+    incoming = extract(headers)                     # parent (or None: new trace) + x-request-id
+    ... start the span with incoming.parent ...
+    headers = inject(headers, incoming, span.get_span_context())   # what the app/upstream receives
+
+`inject` drops every trace header the request came with and writes a `traceparent` naming the
+sidecar's span, so the next hop continues the trace from it. When the request came with B3, B3 is
+written back too (same style), so B3-only apps downstream stay in the trace.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+Headers = list[tuple[bytes, bytes]]
+Style = Literal["w3c", "b3", "b3multi"]
+
+REQUEST_ID_HEADER: Final = b"x-request-id"
+# A kept x-request-id is logged and echoed in error bodies: bound it and keep it to visible ASCII.
+MAX_REQUEST_ID_LEN: Final = 128
+
+_TRACEPARENT_RE: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?")
+_B3_SINGLE_RE: Final = re.compile(
+    rb"([0-9a-f]{16}|[0-9a-f]{32})-([0-9a-f]{16})(?:-([01d]))?(?:-[0-9a-f]{16})?"
+)
+_HEX16_OR_32: Final = re.compile(rb"[0-9a-f]{16}|[0-9a-f]{32}")
+_HEX16: Final = re.compile(rb"[0-9a-f]{16}")
+_REQUEST_ID_RE: Final = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_REQUEST_ID_LEN)
+# W3C trace-context §3.3.1: key = simple-key | tenant@system, value = printable without `,` and `=`.
+_TRACESTATE_KEY: Final = re.compile(
+    r"[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13}"
+)
+_TRACESTATE_VALUE: Final = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+MAX_TRACESTATE_MEMBERS: Final = 32
+
+_SAMPLED: Final = 0x01
+# Header (lowercase) -> role; one dict lookup per header is the whole cost of a request without any.
+_ROLE: Final[dict[bytes, int]] = {
+    b"traceparent": 1,
+    b"tracestate": 2,
+    b"b3": 3,
+    b"x-b3-traceid": 4,
+    b"x-b3-spanid": 5,
+    b"x-b3-sampled": 6,
+    b"x-b3-flags": 7,
+    b"x-b3-parentspanid": 8,
+    REQUEST_ID_HEADER: 9,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TraceParent:
+    """The ids one hop passes to the next: which trace, which span is the parent, sampled or not."""
+
+    trace_id: int
+    span_id: int
+    sampled: bool
+
+
+def parse_traceparent(value: bytes) -> TraceParent | None:
+    """W3C `traceparent` (version 00, and later versions by their 00 prefix); None when invalid."""
+    m = _TRACEPARENT_RE.fullmatch(value.strip(b" \t"))
+    if m is None:
+        return None
+    version, trace_hex, span_hex, flags_hex, rest = m.groups()
+    # Version ff is forbidden; version 00 has exactly four fields; later versions may add fields.
+    if version == b"ff" or (version == b"00" and rest is not None):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return TraceParent(trace_id, span_id, bool(int(flags_hex, 16) & _SAMPLED))
+
+
+def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> bytes:
+    return b"00-%032x-%016x-%s" % (trace_id, span_id, b"01" if sampled else b"00")
+
+
+def parse_tracestate(value: str) -> tuple[tuple[str, str], ...] | None:
+    """W3C `tracestate` list members in order; None when any member is invalid (then it is dropped)."""
+    members: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for item in value.split(","):
+        item = item.strip(" \t")
+        if not item:
+            continue  # empty list-members are allowed and ignored
+        key, sep, val = item.partition("=")
+        valid = sep and _TRACESTATE_KEY.fullmatch(key) and _TRACESTATE_VALUE.fullmatch(val)
+        if not valid or key in seen:
+            return None
+        seen.add(key)
+        members.append((key, val))
+    if len(members) > MAX_TRACESTATE_MEMBERS:
+        return None
+    return tuple(members)
+
+
+def format_tracestate(members: tuple[tuple[str, str], ...]) -> bytes:
+    return ",".join(f"{k}={v}" for k, v in members).encode("ascii")
+
+
+def parse_b3_single(value: bytes) -> TraceParent | None:
+    """`b3: {TraceId}-{SpanId}[-{Sampled}[-{ParentSpanId}]]`; a bare sampling flag carries no parent."""
+    m = _B3_SINGLE_RE.fullmatch(value.strip(b" \t"))
+    if m is None:
+        return None
+    trace_hex, span_hex, sampling = m.groups()
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    # `d` (debug) implies sampled. No flag means "deferred": like OpenTelemetry's B3 propagator,
+    # we treat it as not sampled, so the parent-based sampler keeps the request untraced.
+    return TraceParent(trace_id, span_id, sampling in (b"1", b"d"))
+
+
+def parse_b3_multi(
+    trace_id: bytes | None, span_id: bytes | None, sampled: bytes | None, flags: bytes | None
+) -> TraceParent | None:
+    """`X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled` (`1`/`0`, legacy `true`/`false`), `X-B3-Flags`."""
+    if trace_id is None or span_id is None:
+        return None
+    trace_id, span_id = trace_id.strip(b" \t"), span_id.strip(b" \t")
+    if not _HEX16_OR_32.fullmatch(trace_id) or not _HEX16.fullmatch(span_id):
+        return None
+    tid, sid = int(trace_id, 16), int(span_id, 16)
+    if tid == 0 or sid == 0:
+        return None
+    is_sampled = (flags is not None and flags.strip() == b"1") or (
+        sampled is not None and sampled.strip().lower() in (b"1", b"true", b"d")
+    )
+    return TraceParent(tid, sid, is_sampled)
+
+
+def new_request_id() -> bytes:
+    """32 hex digits. Unique, not secret: `random` (what OTel uses for span ids) beats os.urandom here."""
+    return b"%032x" % random.getrandbits(128)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingContext:
+    """What a request brought: its trace parent (None: start a new trace) and its request id."""
+
+    parent: SpanContext | None
+    request_id: bytes
+    request_id_generated: bool
+    style: Style | None  # which format the parent came in, so `inject` can answer in kind
+
+    def otel_context(self) -> Context | None:
+        """The OpenTelemetry Context to pass as `context=` when starting the child span."""
+        if self.parent is None:
+            return None
+        return trace.set_span_in_context(NonRecordingSpan(self.parent))
+
+    @property
+    def request_id_str(self) -> str:
+        return self.request_id.decode("ascii")
+
+
+def extract(headers: Headers) -> IncomingContext:
+    """Read the trace parent and x-request-id from a request's headers (one pass, any name case).
+
+    Precedence: a valid `traceparent` (with its `tracestate`), else `b3`, else `x-b3-*`. Invalid
+    headers are ignored: the request then starts a new trace, it is never rejected.
+    """
+    traceparent = tracestate = b3 = request_id = None
+    b3_multi: dict[int, bytes] | None = None
+    for name, value in headers:
+        role = _ROLE.get(name.lower())
+        if role is None:
+            continue
+        if role == 1:
+            traceparent = value
+        elif role == 2:
+            # Several tracestate headers are one list (RFC 9110 field combination).
+            tracestate = value if tracestate is None else tracestate + b"," + value
+        elif role == 3:
+            b3 = value
+        elif role == 9:
+            request_id = value
+        else:
+            if b3_multi is None:
+                b3_multi = {}
+            b3_multi[role] = value
+
+    rid_generated = request_id is None or _REQUEST_ID_RE.fullmatch(request_id) is None
+    rid = new_request_id() if rid_generated else request_id
+    assert rid is not None
+
+    style: Style | None = None
+    found: TraceParent | None = None
+    if traceparent is not None and (found := parse_traceparent(traceparent)) is not None:
+        style = "w3c"
+    elif b3 is not None and (found := parse_b3_single(b3)) is not None:
+        style, tracestate = "b3", None
+    elif b3_multi is not None:
+        found = parse_b3_multi(b3_multi.get(4), b3_multi.get(5), b3_multi.get(6), b3_multi.get(7))
+        style, tracestate = ("b3multi" if found is not None else None), None
+    if found is None:
+        return IncomingContext(None, rid, rid_generated, None)
+
+    state = None
+    if tracestate is not None:
+        members = parse_tracestate(tracestate.decode("latin-1"))
+        state = TraceState(list(members)) if members else None
+    parent = SpanContext(
+        trace_id=found.trace_id,
+        span_id=found.span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(_SAMPLED if found.sampled else 0),
+        trace_state=state,
+    )
+    return IncomingContext(parent, rid, rid_generated, style)
+
+
+def inject(headers: Headers, incoming: IncomingContext, span_context: SpanContext | None) -> Headers:
+    """The headers to send on: trace headers rewritten to continue from `span_context`.
+
+    With no valid `span_context` (tracing disabled) the trace headers pass through untouched, so a
+    sidecar without tracing is transparent. The x-request-id is added when it was generated here.
+    """
+    if span_context is None or not span_context.is_valid:
+        if not incoming.request_id_generated:
+            return headers
+        out = [(n, v) for n, v in headers if n.lower() != REQUEST_ID_HEADER]
+        out.append((REQUEST_ID_HEADER, incoming.request_id))
+        return out
+
+    out = []
+    for name, value in headers:
+        role = _ROLE.get(name.lower())
+        if role is None or (role == 9 and not incoming.request_id_generated):
+            out.append((name, value))
+    sampled = span_context.trace_flags.sampled
+    out.append((b"traceparent", format_traceparent(span_context.trace_id, span_context.span_id, sampled)))
+    if span_context.trace_state:
+        out.append((b"tracestate", format_tracestate(tuple(span_context.trace_state.items()))))
+    if incoming.style == "b3":
+        b3 = b"%032x-%016x-%s" % (span_context.trace_id, span_context.span_id, b"1" if sampled else b"0")
+        out.append((b"b3", b3))
+    elif incoming.style == "b3multi":
+        out.append((b"x-b3-traceid", b"%032x" % span_context.trace_id))
+        out.append((b"x-b3-spanid", b"%016x" % span_context.span_id))
+        out.append((b"x-b3-sampled", b"1" if sampled else b"0"))
+    if incoming.request_id_generated:
+        out.append((REQUEST_ID_HEADER, incoming.request_id))
+    return out
