@@ -1,0 +1,231 @@
+"""One HTTP/1.1 exchange relayed between a downstream and an upstream connection.
+
+Shared by inbound (client sidecar → local app) and outbound (local app → server sidecar):
+both send a rewritten head, stream the request body, and stream the response back. What
+differs (which head, which upstream, which errors) stays in inbound/ and outbound/.
+
+Hot-path rules, each measured to matter:
+- when the whole request is already parsed (the common case: small requests arrive in
+  one read), head and body leave in one `send_all`; the response usually arrives in one
+  read and leaves in one `send_all`;
+- a body that is still arriving is streamed piece by piece, never buffered whole, and the
+  response is read at the same time (an app may answer before it has read the body).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from trustmesh.sidecar.conn import Conn, ConnectionClosed
+from trustmesh.sidecar.http.errors import HttpError
+from trustmesh.sidecar.http.framing import chunk, last_chunk
+from trustmesh.sidecar.http.headers import forward_response_head, response_framing
+from trustmesh.sidecar.http.parser import (
+    EndOfMessage,
+    Event,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    ResponseParser,
+)
+
+
+class UpstreamFailed(Exception):
+    """The upstream broke the exchange. `response_started`: bytes already went downstream,
+    so no error response can be sent any more (only closing the downstream is left)."""
+
+    def __init__(self, reason: str, *, response_started: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response_started = response_started
+
+
+class DownstreamGone(Exception):
+    """The downstream closed or reset in the middle of an exchange."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How an exchange ended, for the connection loops to decide on reuse."""
+
+    upstream_reusable: bool
+    downstream_keep_alive: bool
+    status: int
+
+
+async def relay(
+    down: Conn,
+    parser: RequestParser,
+    head: RequestHead,
+    head_bytes: bytes,
+    up: Conn,
+    *,
+    max_head_bytes: int,
+    close_downstream: bool,
+) -> Outcome:
+    """Send `head_bytes` and the body of `head` (from `parser`/`down`) to `up`; relay the answer.
+
+    Raises `UpstreamFailed`, `DownstreamGone`, or `HttpError` (a broken request body).
+    """
+    out = [head_bytes]
+    complete = _take_body(parser.events, out, head.chunked)
+    try:
+        await up.send_all(b"".join(out) if len(out) > 1 else head_bytes)
+    except ConnectionClosed as exc:
+        raise UpstreamFailed(str(exc), response_started=False) from exc
+    if complete:
+        return await _relay_response(down, up, head, max_head_bytes, close_downstream, body_done=True)
+
+    # The body is still arriving: stream it while reading the response.
+    state = _BodyState()
+    failure: list[HttpError | DownstreamGone | UpstreamFailed] = []
+    outcome: Outcome | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def body() -> None:
+            try:
+                await _stream_body(down, parser, head.chunked, up, state)
+            except UpstreamFailed:
+                # The app stopped reading (it may have answered early, e.g. 413): let the
+                # response side read what it sent; the connection is not reused.
+                state.upstream_broken = True
+            except (HttpError, DownstreamGone) as exc:
+                failure.append(exc)
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(body)
+        try:
+            outcome = await _relay_response(down, up, head, max_head_bytes, close_downstream, body_done=False)
+        except (UpstreamFailed, DownstreamGone, HttpError) as exc:
+            failure.append(exc)
+        nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    assert outcome is not None
+    if not state.done:
+        # The app answered before reading all of the body: the rest of it is still on the
+        # downstream connection and in no state to be parsed as the next request.
+        outcome.upstream_reusable = False
+        outcome.downstream_keep_alive = False
+    return outcome
+
+
+class _BodyState:
+    __slots__ = ("done", "upstream_broken")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.upstream_broken = False
+
+
+def _take_body(events: deque[Event], out: list[bytes], chunked: bool) -> bool:
+    """Move parsed body events of the current request into `out`; True once it is complete."""
+    while events:
+        ev = events[0]
+        if isinstance(ev, bytes):
+            events.popleft()
+            out.append(chunk(ev) if chunked else ev)
+        elif isinstance(ev, EndOfMessage):
+            events.popleft()
+            if chunked:
+                out.append(last_chunk(ev.trailers))
+            return True
+        else:
+            return True  # a head: the next pipelined request's, which cannot precede our END
+    return False
+
+
+async def _stream_body(down: Conn, parser: RequestParser, chunked: bool, up: Conn, state: _BodyState) -> None:
+    events = parser.events
+    while True:
+        try:
+            data = await down.recv()
+        except ConnectionClosed as exc:
+            raise DownstreamGone(str(exc)) from exc
+        if not data:
+            raise DownstreamGone("downstream closed in the middle of a request body")
+        parser.feed(data)
+        out: list[bytes] = []
+        complete = _take_body(events, out, chunked)
+        if out:
+            try:
+                await up.send_all(b"".join(out))
+            except ConnectionClosed as exc:
+                raise UpstreamFailed(str(exc), response_started=False) from exc
+        if complete:
+            state.done = True
+            return
+
+
+async def _relay_response(
+    down: Conn,
+    up: Conn,
+    request: RequestHead,
+    max_head_bytes: int,
+    close_downstream: bool,
+    *,
+    body_done: bool,
+) -> Outcome:
+    """Read one response (after any 1xx) from `up` and write it to `down`, re-framed."""
+    parser = ResponseParser(max_head_bytes, no_body=request.method == b"HEAD")
+    events = parser.events
+    downstream_http11 = request.version == "1.1"
+    head: ResponseHead | None = None
+    framing = ""
+    started = False
+    close = close_downstream or not request.keep_alive
+    while True:
+        try:
+            data = await up.recv()
+        except ConnectionClosed as exc:
+            raise UpstreamFailed(str(exc), response_started=started) from exc
+        if not data:
+            if head is not None and head.body == "close":
+                # A close-delimited body ends at EOF; re-chunked downstream, it gets its end.
+                if framing == "chunked":
+                    await _send_down(down, b"0\r\n\r\n")
+                    return Outcome(False, not close, head.status)
+                return Outcome(False, False, head.status)
+            raise UpstreamFailed("upstream closed before the response ended", response_started=started)
+        parser.feed(data)
+        out: list[bytes] = []
+        finished = False
+        while events:
+            ev = events.popleft()
+            if isinstance(ev, bytes):
+                out.append(chunk(ev) if framing == "chunked" else ev)
+            elif isinstance(ev, EndOfMessage):
+                if head is None:
+                    continue  # end of a 1xx interim response: the real one follows
+                if framing == "chunked":
+                    out.append(last_chunk(ev.trailers))
+                finished = True
+                break
+            elif isinstance(ev, ResponseHead):
+                if ev.interim:
+                    out.append(forward_response_head(ev, "none", close=False))
+                    continue
+                head = ev
+                framing = response_framing(ev, downstream_http11)
+                close = close or framing == "close"
+                out.append(forward_response_head(ev, framing, close=close))
+                if framing == "none":
+                    finished = True
+                    break
+        if out:
+            await _send_down(down, b"".join(out) if len(out) > 1 else out[0])
+            started = True
+        if finished:
+            assert head is not None
+            reusable = head.keep_alive and body_done and not events
+            return Outcome(reusable, not close, head.status)
+
+
+async def _send_down(down: Conn, data: bytes) -> None:
+    try:
+        await down.send_all(data)
+    except ConnectionClosed as exc:
+        raise DownstreamGone(str(exc)) from exc
