@@ -1,0 +1,440 @@
+"""Sidecar benchmark (issue 3): direct vs trustmesh pair vs stunnel pair, side by side in one run.
+
+For each leg it measures, in this order, each metric across all legs before the next
+metric (so that a burst of noise from other work on the machine hits the legs alike):
+
+1. keep-alive requests/s at saturation: wrk, 100-byte body, best of N rounds;
+2. latency p50/p99 at a fixed 500 requests/s from the open-loop generator (bench/loadgen.py),
+   measured from each request's intended send time;
+3. new mTLS connections/s against the server-side proxy (fresh full handshakes, one request
+   per connection, same client certificate for both proxies);
+4. bulk MB/s: one GET of a sparse file (1 GiB in the full run) through the leg;
+5. RSS (VmRSS) of every proxy process idle (before any load) and the peak seen under load.
+
+`python -m bench.sidecar_bench [--quick]` prints the markdown section; `bench.run` embeds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import clients, loadgen, procs, topologies
+from bench.certs import Pki, make_pki
+from bench.topologies import BODY_BYTES, BODY_PATH, BULK_PATH, LOOPBACK, Leg, LegUnavailable
+
+# Targets of issue 3, as ratios on the same machine in the same run.
+TARGET_KEEPALIVE_VS_STUNNEL = 0.50
+TARGET_P99_ADDED_MS = 1.5
+TARGET_BULK_VS_STUNNEL = 0.80
+TARGET_CONNS_VS_STUNNEL = 1.0
+TARGET_IDLE_RSS_MB = 60.0
+
+LATENCY_RATE = 500.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how hard each measurement runs; `QUICK` is a seconds-long smoke run."""
+
+    wrk_connections: int
+    saturation_s: int
+    saturation_rounds: int
+    warmup_s: int
+    latency_s: float
+    latency_connections: int
+    conns_s: float
+    conns_threads: int
+    conns_max: int
+    bulk_bytes: int
+    bulk_timeout_s: float
+
+
+FULL = Settings(
+    wrk_connections=32, saturation_s=10, saturation_rounds=2, warmup_s=2, latency_s=15.0,
+    latency_connections=8, conns_s=8.0, conns_threads=8, conns_max=200_000,
+    bulk_bytes=1 << 30, bulk_timeout_s=90.0,
+)
+QUICK = Settings(
+    wrk_connections=32, saturation_s=2, saturation_rounds=1, warmup_s=1, latency_s=2.0,
+    latency_connections=8, conns_s=2.0, conns_threads=8, conns_max=20_000,
+    bulk_bytes=64 << 20, bulk_timeout_s=20.0,
+)
+
+
+@dataclass
+class Saturation:
+    rps: float
+    non_2xx: int
+    socket_errors: int
+    proxy_cpu_pct: float  # summed over the leg's proxies, % of one core
+
+
+@dataclass
+class LegResult:
+    leg: Leg
+    saturation: Saturation | None = None
+    latency: loadgen.FixedRateResult | None = None
+    conns: clients.HandshakeResult | None = None
+    conns_cpu_s: float | None = None  # server-side proxy CPU seconds during the conns run
+    bulk: clients.BulkResult | None = None
+    rss_idle_kib: dict[str, int] = field(default_factory=dict)
+    rss_peak_kib: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+# What starting a leg may raise when the leg cannot run; anything else is a harness bug and surfaces.
+_START_FAILURES = (LegUnavailable, RuntimeError, TimeoutError, OSError, subprocess.SubprocessError)
+
+
+class MissingTool(Exception):
+    """A Debian tool the benchmark needs is not installed (bench.run installs them as root)."""
+
+
+def _require_tools() -> None:
+    missing = [t for t in ("nginx", "stunnel4", "wrk") if shutil.which(t) is None]
+    if missing:
+        raise MissingTool(f"missing {', '.join(missing)}: run `make bench` as root, or apt-get install them")
+
+
+def _probe(port: int) -> None:
+    """One GET of the 100-byte body through a leg: a leg that cannot answer it is not measured."""
+    with socket.create_connection((LOOPBACK, port), timeout=5.0) as sock:
+        sock.sendall(f"GET {BODY_PATH} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n".encode())
+        status, body = clients.read_head(sock, time.monotonic() + 5.0)
+        while len(body) < BODY_BYTES:
+            data = sock.recv(65536)
+            if not data:
+                break
+            body += data
+    if status != 200 or len(body) != BODY_BYTES:
+        raise ConnectionError(f"probe got status {status} and {len(body)} body bytes")
+
+
+class _RssSampler:
+    """Samples VmRSS of some PIDs every 200 ms in a thread, keeping each one's peak."""
+
+    def __init__(self, pids: dict[str, int], into: dict[str, int]) -> None:
+        self.pids, self.peak = pids, into
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                rss = procs.rss_kib(pid)
+                if rss is not None:
+                    self.peak[name] = max(self.peak.get(name, 0), rss)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+
+def _cpu(leg: Leg) -> float:
+    return sum(procs.cpu_seconds(p.pid) or 0.0 for p in leg.proxies)
+
+
+def _wrk(port: int, seconds: int, connections: int, cpu_list: list[int] | None) -> tuple[float, int, int]:
+    cmd = procs.pinned(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://{LOOPBACK}:{port}{BODY_PATH}"], cpu_list
+    )
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return (
+        float(rps.group(1)) if rps else 0.0,
+        int(non2xx.group(1)) if non2xx else 0,
+        sum(int(g) for g in errors.groups()) if errors else 0,
+    )
+
+
+def _saturation(r: LegResult, s: Settings, client_cpus: list[int] | None) -> None:
+    pids = {p.name: p.pid for p in r.leg.proxies}
+    with _RssSampler(pids, r.rss_peak_kib):
+        _wrk(r.leg.entry_port, s.warmup_s, s.wrk_connections, client_cpus)
+        cpu0, t0 = _cpu(r.leg), time.monotonic()
+        rps, non2xx, errors = _wrk(r.leg.entry_port, s.saturation_s, s.wrk_connections, client_cpus)
+        cpu_pct = 100.0 * (_cpu(r.leg) - cpu0) / (time.monotonic() - t0)
+    if non2xx or errors:
+        r.problems.append(f"wrk saw {non2xx} non-2xx answers and {errors} socket errors")
+    if r.saturation is None or rps > r.saturation.rps:
+        r.saturation = Saturation(rps, non2xx, errors, cpu_pct)
+
+
+def _latency(r: LegResult, s: Settings) -> None:
+    r.latency = loadgen.run_fixed_rate(
+        LOOPBACK, r.leg.entry_port, BODY_PATH, rate=LATENCY_RATE, duration_s=s.latency_s,
+        warmup_s=1.0, connections=s.latency_connections,
+    )
+    if r.latency.errors or r.latency.unfinished:
+        r.problems.append(f"fixed-rate run: {r.latency.errors} errors, {r.latency.unfinished} unfinished")
+
+
+def _conns(r: LegResult, s: Settings, pki: Pki) -> None:
+    if r.leg.tls_port is None:
+        return
+    leaf = pki.leaves["client"]
+    ctx = clients.client_context(pki.roots, leaf.chain, leaf.key)
+    server = r.leg.proxies[-1]  # the server-side proxy is started first, listed last
+    cpu0 = procs.cpu_seconds(server.pid) or 0.0
+    r.conns = clients.new_connections(
+        LOOPBACK, r.leg.tls_port, ctx, BODY_PATH, duration_s=s.conns_s, threads=s.conns_threads,
+        max_count=s.conns_max,
+    )
+    r.conns_cpu_s = (procs.cpu_seconds(server.pid) or 0.0) - cpu0
+    if r.conns.errors:
+        r.problems.append(f"new connections: {r.conns.errors} failed (first: {r.conns.first_error})")
+
+
+def _bulk(r: LegResult, s: Settings) -> None:
+    pids = {p.name: p.pid for p in r.leg.proxies}
+    with _RssSampler(pids, r.rss_peak_kib):
+        r.bulk = clients.bulk_download(LOOPBACK, r.leg.entry_port, BULK_PATH, s.bulk_bytes, s.bulk_timeout_s)
+    if not r.bulk.complete:
+        r.problems.append(
+            f"bulk transfer stopped at {r.bulk.bytes} of {s.bulk_bytes} bytes after {r.bulk.seconds:.0f}s"
+        )
+
+
+def _cpu_split() -> tuple[list[int] | None, list[int] | None, str]:
+    """Load generators on the first allowed CPU, servers on the rest (when there are ≥ 2)."""
+    allowed = procs.cpus()
+    if len(allowed) < 2:
+        return None, None, f"not pinned (only {len(allowed)} CPU allowed)"
+    client, server = allowed[:1], allowed[1:]
+    return client, server, (
+        f"load generators (wrk, fixed-rate generator, handshake and bulk clients) on CPU {client[0]}; "
+        f"nginx and every proxy on CPU {','.join(map(str, server))}"
+    )
+
+
+@dataclass
+class Run:
+    settings: Settings
+    pinning: str
+    pki_source: str
+    results: list[LegResult]
+    unavailable: dict[str, str]
+    started: datetime
+    seconds: float
+
+
+def run(quick: bool = False, log_dir: Path | None = None) -> Run:
+    """Start every leg, measure, stop everything; the figures come back as a `Run`."""
+    _require_tools()
+    s = QUICK if quick else FULL
+    client_cpus, server_cpus, pinning = _cpu_split()
+    started, t0 = datetime.now(UTC), time.monotonic()
+    unavailable: dict[str, str] = {}
+    own_affinity = procs.cpus()
+    with tempfile.TemporaryDirectory(prefix="trustmesh-bench-") as tmp:
+        work = topologies.make_work_dir(Path(tmp))
+        logs = log_dir or work
+        logs.mkdir(parents=True, exist_ok=True)
+        with procs.Processes(logs) as running:
+            pki = make_pki(work / "pki", topologies.HARNESS_LEAVES)
+            backend = topologies.start_nginx(running, work, s.bulk_bytes, server_cpus or [])
+            legs = [topologies.direct(backend)]
+            starters = (("stunnel", topologies.start_stunnel), ("trustmesh", topologies.start_trustmesh))
+            for name, starter in starters:
+                try:
+                    legs.append(starter(running, work, pki, backend, server_cpus or []))
+                except _START_FAILURES as exc:
+                    unavailable[name] = str(exc).strip()
+            results = []
+            for leg in legs:
+                try:
+                    _probe(leg.entry_port)
+                    results.append(LegResult(leg))
+                except (OSError, ConnectionError, ValueError) as exc:
+                    logs_tail = "; ".join(p.log_tail(3).replace("\n", " | ") for p in leg.proxies)
+                    unavailable[leg.name] = f"a request through it failed ({exc}); logs: {logs_tail}"
+            topologies.settle(2.0)
+            for r in results:
+                r.rss_idle_kib = {p.name: procs.rss_kib(p.pid) or 0 for p in r.leg.proxies}
+            if client_cpus:
+                # The in-process clients (fixed-rate, handshakes, bulk) run on the client CPU too.
+                procs.set_affinity(client_cpus)
+            try:
+                for _ in range(s.saturation_rounds):
+                    for r in results:
+                        _saturation(r, s, client_cpus)
+                for r in results:
+                    _latency(r, s)
+                for r in results:
+                    _conns(r, s, pki)
+                for r in results:
+                    _bulk(r, s)
+            finally:
+                procs.set_affinity(own_affinity)
+    return Run(s, pinning, pki.source, results, unavailable, started, time.monotonic() - t0)
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, spec: str = ".0f", unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:{spec}}{unit}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _mb(kib: int | None) -> float | None:
+    return None if kib is None else kib * 1024 / 1e6
+
+
+def markdown(run_: Run) -> str:
+    """The `## Sidecar data plane` section of docs/benchmarks.md."""
+    s = run_.settings
+    by = {r.leg.name: r for r in run_.results}
+    d, st, tm = by.get("direct"), by.get("stunnel"), by.get("trustmesh")
+
+    def rps(r: LegResult | None) -> float | None:
+        return r.saturation.rps if r and r.saturation else None
+
+    def p(r: LegResult | None, q: float) -> float | None:
+        return r.latency.percentile(q) / 1000 if r and r.latency else None
+
+    def conns(r: LegResult | None) -> float | None:
+        return r.conns.per_second if r and r.conns else None
+
+    def bulk(r: LegResult | None) -> float | None:
+        return r.bulk.mb_per_s if r and r.bulk else None
+
+    out = [
+        "## Sidecar data plane (issue 3)",
+        "",
+        f"Loopback, one process per proxy, {run_.pki_source} certificates (ECDSA P-256, leaf + intermediate, "
+        f"TLS 1.3 mutual auth on both proxied legs). Pinning: {run_.pinning}. "
+        f"Run took {run_.seconds:.0f} s{' (QUICK smoke run: short, noisy figures)' if s is QUICK else ''}.",
+        "",
+    ]
+    for name, why in run_.unavailable.items():
+        out += [f"> **{name} leg could not run**: {why}", ""]
+
+    out += [
+        "### Figures",
+        "",
+        f"| leg | keep-alive req/s | × direct | × stunnel | proxy CPU % | p50 ms @{LATENCY_RATE:.0f}/s "
+        "| p99 ms | p99 added ms | new conn/s | proxy CPU ms/conn | bulk MB/s | × stunnel |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in run_.results:
+        cpu_per_conn = None
+        if r.conns and r.conns.completed and r.conns_cpu_s:
+            cpu_per_conn = 1000 * r.conns_cpu_s / r.conns.completed
+        added = None if r is d else _minus(p(r, 99), p(d, 99))
+        out.append(
+            f"| {r.leg.name} | {_fmt(rps(r))} | {_fmt(_ratio(rps(r), rps(d)), '.2f')} "
+            f"| {_fmt(_ratio(rps(r), rps(st)), '.2f')} "
+            f"| {_fmt(r.saturation.proxy_cpu_pct if r.saturation and r.leg.proxies else None)} "
+            f"| {_fmt(p(r, 50), '.3f')} | {_fmt(p(r, 99), '.3f')} | {_fmt(added, '.3f')} "
+            f"| {_fmt(conns(r))} | {_fmt(cpu_per_conn, '.2f')} | {_fmt(bulk(r))} "
+            f"| {_fmt(_ratio(bulk(r), bulk(st)), '.2f')} |"
+        )
+    out += ["", "| proxy process | RSS idle MB | RSS peak under load MB |", "|---|---:|---:|"]
+    for r in run_.results:
+        for proc in r.leg.proxies:
+            out.append(
+                f"| {r.leg.name}: {proc.name} | {_fmt(_mb(r.rss_idle_kib.get(proc.name)), '.1f')} "
+                f"| {_fmt(_mb(r.rss_peak_kib.get(proc.name)), '.1f')} |"
+            )
+
+    out += ["", "### Against the targets of issue 3", "", "| target | measured | result |", "|---|---|---|"]
+
+    def verdict(value: float | None, ok: bool) -> str:
+        if tm is None:
+            return "not run (trustmesh leg unavailable)"
+        if value is None:
+            return "not measured"
+        return "**pass**" if ok else "**FAIL**"
+
+    ka = _ratio(rps(tm), rps(st))
+    out.append(f"| keep-alive req/s ≥ {TARGET_KEEPALIVE_VS_STUNNEL:.0%} of stunnel pair "
+               f"| {_fmt(ka, '.0%')} ({_fmt(rps(tm))} vs {_fmt(rps(st))}) "
+               f"| {verdict(ka, ka is not None and ka >= TARGET_KEEPALIVE_VS_STUNNEL)} |")
+    added_tm = _minus(p(tm, 99), p(d, 99))
+    out.append(f"| p99 added over direct at {LATENCY_RATE:.0f} req/s ≤ {TARGET_P99_ADDED_MS} ms "
+               f"| {_fmt(added_tm, '.3f', ' ms')} "
+               f"| {verdict(added_tm, added_tm is not None and added_tm <= TARGET_P99_ADDED_MS)} |")
+    bk = _ratio(bulk(tm), bulk(st))
+    out.append(f"| bulk MB/s ≥ {TARGET_BULK_VS_STUNNEL:.0%} of stunnel pair | {_fmt(bk, '.0%')} "
+               f"({_fmt(bulk(tm))} vs {_fmt(bulk(st))} MB/s) "
+               f"| {verdict(bk, bk is not None and bk >= TARGET_BULK_VS_STUNNEL)} |")
+    cn = _ratio(conns(tm), conns(st))
+    out.append(f"| new mTLS conn/s ≥ stunnel server | {_fmt(cn, '.0%')} "
+               f"({_fmt(conns(tm))} vs {_fmt(conns(st))}) "
+               f"| {verdict(cn, cn is not None and cn >= TARGET_CONNS_VS_STUNNEL)} |")
+    idle = [_mb(v) for v in tm.rss_idle_kib.values()] if tm else []
+    worst = max((v for v in idle if v is not None), default=None)
+    out.append(f"| each sidecar RSS idle ≤ {TARGET_IDLE_RSS_MB:.0f} MB | max {_fmt(worst, '.1f', ' MB')} "
+               f"| {verdict(worst, worst is not None and worst <= TARGET_IDLE_RSS_MB)} |")
+
+    problems = [f"- {r.leg.name}: {msg}" for r in run_.results for msg in r.problems]
+    if problems:
+        out += ["", "Problems seen during the run (figures above include them):", "", *problems]
+
+    out += [
+        "",
+        "### How each figure was measured",
+        "",
+        f"- **keep-alive req/s**: `wrk -t1 -c{s.wrk_connections} -d{s.saturation_s}s` on `GET {BODY_PATH}` "
+        f"({BODY_BYTES}-byte body) after a {s.warmup_s} s warm-up; best of {s.saturation_rounds} round(s), "
+        "legs interleaved. *proxy CPU %* is the CPU time of the leg's proxy processes during that run "
+        "(100 = one core).",
+        f"- **p50/p99**: open-loop generator (bench/loadgen.py) at {LATENCY_RATE:.0f} req/s for "
+        f"{s.latency_s:.0f} s after a 1 s warm-up, {s.latency_connections} keep-alive connections, "
+        "latency from each request's intended send time (no coordinated omission). "
+        "*p99 added* = p99 of the leg − p99 of direct.",
+        f"- **new conn/s**: {s.conns_threads} client threads for {s.conns_s:.0f} s, each connection a "
+        "fresh full TLS 1.3 mTLS handshake (no session resumption) with the same client SVID, then one "
+        f"`GET {BODY_PATH}` with `Connection: close`, straight to the server-side proxy (trustmesh inbound, "
+        "stunnel server) and through it to nginx. *proxy CPU ms/conn* is the server-side proxy's CPU time "
+        "per connection: when the client saturates its core first, this is the fairer comparison.",
+        f"- **bulk MB/s**: one `GET` of a {s.bulk_bytes / 2**20:.0f} MiB sparse file served by nginx with "
+        f"sendfile, read through the leg (10^6 bytes/MB), bounded at {s.bulk_timeout_s:.0f} s.",
+        "- **RSS**: VmRSS from /proc/PID/status, idle = after start-up and 2 s of quiet, before any load; "
+        "peak = highest sample (every 200 ms) during the saturation and bulk runs.",
+    ]
+    if tm is not None and tm.leg.note:
+        out.append(f"- trustmesh: {tm.leg.note}.")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="trustmesh sidecar benchmark (prints markdown)")
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
+    parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
+    args = parser.parse_args()
+    print(markdown(run(args.quick, args.log_dir)))
+
+
+if __name__ == "__main__":
+    main()
