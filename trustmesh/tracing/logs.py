@@ -1,39 +1,125 @@
 """structlog configuration: JSON lines on stderr, or a console renderer on a terminal.
 
 Configured once, at the edge (the CLI), and never from library code.
+
+Every event logged while an OpenTelemetry span is current carries `trace_id` and `span_id` (the
+`add_trace_context` processor reads the current span; `trustmesh.tracing.spans` makes the request's
+span current inside its `with`), so one trace id found in Jaeger finds the request's log lines.
+
+Records from stdlib `logging` (OpenTelemetry, hypercorn…) go through the same renderer, so stderr
+stays one JSON object per line.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Final, Literal, TextIO
 
 import structlog
+from opentelemetry import trace
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 LogFormat = Literal["json", "console", "auto"]
+Direction = Literal["inbound", "outbound"]
+
+_access_log = structlog.get_logger("trustmesh.access")
+_HANDLER_NAME: Final = "trustmesh"
 
 
-def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
+def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: `trace_id`/`span_id` (W3C hex) of the current OTel span, if there is one."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event_dict.setdefault("trace_id", f"{ctx.trace_id:032x}")
+        event_dict.setdefault("span_id", f"{ctx.span_id:016x}")
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: LogFormat = "auto", *, stream: TextIO | None = None) -> None:
+    """Configure structlog and stdlib logging for the process.
+
+    `fmt="auto"` picks the console renderer when the stream is a terminal, JSON lines otherwise.
+    `stream` defaults to stderr (tests pass a StringIO).
+    """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
+    out = stream if stream is not None else sys.stderr
     if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.typing.Processor
-    if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer()
-    else:
-        renderer = structlog.processors.JSONRenderer()
+        fmt = "console" if out.isatty() else "json"
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
+    )
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        add_trace_context,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
+    )
+
+    # stdlib records: same fields, same renderer, same stream. Replace only our own handler, so
+    # calling this twice (tests, CLI re-entry) never doubles lines.
+    handler = logging.StreamHandler(out)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                *shared,
+                structlog.processors.format_exc_info,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+
+
+def access_log(
+    *,
+    direction: Direction,
+    method: str,
+    path: str,
+    status: int,
+    duration_s: float,
+    request_id: str,
+    bytes_received: int = 0,
+    bytes_sent: int = 0,
+    peer_spiffe_id: str | None = None,
+    upstream: str | None = None,
+    error_code: str | None = None,
+    service: str | None = None,
+    attempts: int | None = None,
+) -> None:
+    """One `access` event per request, emitted when the response is done.
+
+    Call it inside the request's span (`with span:` / `with outbound_request:`) so it carries the
+    trace id. `error_code` is the sidecar's own failure code, None when the sidecar did not fail
+    the request (an app's 500 is a status, not a sidecar error).
+    """
+    _access_log.info(
+        "access",
+        direction=direction,
+        method=method,
+        path=path,
+        status=status,
+        duration_ms=round(duration_s * 1000.0, 3),
+        bytes_received=bytes_received,
+        bytes_sent=bytes_sent,
+        peer_spiffe_id=peer_spiffe_id,
+        upstream=upstream,
+        error_code=error_code,
+        request_id=request_id,
+        service=service,
+        attempts=attempts,
     )

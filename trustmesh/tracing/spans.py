@@ -1,0 +1,347 @@
+"""The spans trustmesh records, with OpenTelemetry HTTP semantic-convention attributes.
+
+Shape of one request app A -> sidecar A (outbound) -> sidecar B (inbound) -> app B:
+
+    app A span (from the app's own traceparent, if it sent one)
+    └── CLIENT  "GET"   sidecar A, one per attempt (retries are siblings, http.request.resend_count)
+        └── SERVER  "GET"   sidecar B
+            └── app B's spans (app B receives a traceparent naming the SERVER span)
+
+When app A sent no trace context, sidecar A starts the trace with an INTERNAL span
+"GET {service}" covering all attempts, so the attempts share one trace.
+
+Every span is entered with `with`: while inside, it is the current OTel span, so structlog events
+carry its `trace_id`/`span_id` (see `trustmesh.tracing.logs`). Cost when tracing is off or the
+request is not sampled: no attributes are built beyond one small dict, nothing is queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Final, Literal
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from trustmesh.tracing.propagation import Headers, IncomingContext, extract, inject
+
+# Attribute keys: OpenTelemetry HTTP semantic conventions (stable, v1.23+) and our own.
+HTTP_METHOD: Final = "http.request.method"
+HTTP_METHOD_ORIGINAL: Final = "http.request.method_original"
+HTTP_STATUS: Final = "http.response.status_code"
+HTTP_RESEND_COUNT: Final = "http.request.resend_count"
+HTTP_ROUTE: Final = "http.route"
+URL_PATH: Final = "url.path"
+URL_SCHEME: Final = "url.scheme"
+URL_FULL: Final = "url.full"
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
+CLIENT_ADDRESS: Final = "client.address"
+NETWORK_PEER_ADDRESS: Final = "network.peer.address"
+NETWORK_PEER_PORT: Final = "network.peer.port"
+NETWORK_PROTOCOL_VERSION: Final = "network.protocol.version"
+ERROR_TYPE: Final = "error.type"
+PEER_SPIFFE_ID: Final = "trustmesh.peer.spiffe_id"
+POLICY_DECISION: Final = "trustmesh.policy.decision"
+POLICY_REVISION: Final = "trustmesh.policy.revision"
+UPSTREAM_ENDPOINT: Final = "trustmesh.upstream.endpoint"
+REQUEST_ID: Final = "trustmesh.request_id"
+MESH_SERVICE: Final = "trustmesh.service"
+RESPONSE_BYTES: Final = "http.response.body.size"
+
+# Semantic conventions: a method outside this set is recorded as `_OTHER` (bounded cardinality).
+_METHODS: Final[dict[bytes, str]] = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+}
+
+
+def _method_attributes(method: bytes, attributes: dict[str, AttributeValue]) -> str:
+    known = _METHODS.get(method)
+    if known is not None:
+        attributes[HTTP_METHOD] = known
+        return known
+    original = method.decode("latin-1")
+    attributes[HTTP_METHOD] = "_OTHER"
+    attributes[HTTP_METHOD_ORIGINAL] = original
+    return "HTTP"
+
+
+def _path(target: bytes) -> str:
+    """The path of a request target, query dropped: a query can carry secrets, and it is not recorded."""
+    if not target.startswith(b"/"):
+        # absolute-form (`http://host/p`): skip scheme and authority.
+        scheme_end = target.find(b"://")
+        if scheme_end >= 0:
+            slash = target.find(b"/", scheme_end + 3)
+            target = target[slash:] if slash >= 0 else b"/"
+    q = target.find(b"?")
+    return (target if q < 0 else target[:q]).decode("latin-1")
+
+
+class RequestSpan:
+    """One SERVER or CLIENT span of one request: enter it, forward headers, `finish(status)`.
+
+    Usable as a context manager only once. An exception escaping the `with` marks the span ERROR
+    (`error.type` = exception class) and ends it; the exception propagates.
+    """
+
+    __slots__ = ("_finished", "_kind", "_token", "incoming", "request_id", "span")
+
+    def __init__(self, span: Span, kind: SpanKind, incoming: IncomingContext) -> None:
+        self.span = span
+        self.incoming = incoming
+        self.request_id = incoming.request_id_str
+        self._kind = kind
+        self._token: object | None = None
+        self._finished = False
+
+    def __enter__(self) -> RequestSpan:
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None and self.span.is_recording():
+            self.span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
+            self.span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__qualname__))
+            if isinstance(exc, Exception):  # not trio.Cancelled & co: those are not failures of this span
+                self.span.record_exception(exc)
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]  # attach() returned it
+            self._token = None
+        self.span.end()
+
+    @property
+    def trace_id(self) -> str | None:
+        """32 hex digits, or None when tracing is off (to put in error bodies next to the request id)."""
+        ctx = self.span.get_span_context()
+        return f"{ctx.trace_id:032x}" if ctx.is_valid else None
+
+    def forward_headers(self, headers: Headers) -> Headers:
+        """The request headers for the next hop: `traceparent` names this span; x-request-id kept/added."""
+        return inject(headers, self.incoming, self.span.get_span_context())
+
+    def set_policy(self, decision: str, revision: int | str | None) -> None:
+        """The inbound authorization outcome (`allow`/`deny`) and the policy revision that decided."""
+        if self.span.is_recording():
+            self.span.set_attribute(POLICY_DECISION, decision)
+            if revision is not None:
+                self.span.set_attribute(POLICY_REVISION, str(revision))
+
+    def set_upstream(self, endpoint: str) -> None:
+        """Where the request was sent (`host:port`); known late on the inbound side."""
+        if self.span.is_recording():
+            self.span.set_attribute(UPSTREAM_ENDPOINT, endpoint)
+
+    def finish(
+        self, status: int, *, error_code: str | None = None, response_bytes: int | None = None
+    ) -> None:
+        """Record the response. SERVER: ERROR for 5xx; CLIENT: ERROR for 4xx and 5xx (semconv).
+
+        `error_code` is the sidecar's own failure code (`upstream_connect_failed`, `policy_denied`…);
+        it becomes `error.type` and forces ERROR, since the sidecar itself failed the request.
+        """
+        self._finished = True
+        span = self.span
+        if not span.is_recording():
+            return
+        span.set_attribute(HTTP_STATUS, status)
+        if response_bytes is not None:
+            span.set_attribute(RESPONSE_BYTES, response_bytes)
+        threshold = 500 if self._kind is SpanKind.SERVER else 400
+        if error_code is not None:
+            span.set_attribute(ERROR_TYPE, error_code)
+            span.set_status(Status(StatusCode.ERROR, error_code))
+        elif status >= threshold:
+            span.set_attribute(ERROR_TYPE, str(status))
+            span.set_status(Status(StatusCode.ERROR))
+
+
+class OutboundRequest:
+    """One request from the local app through the outbound sidecar; `attempt()` per try upstream.
+
+    Entering it makes the app's context (or the sidecar's INTERNAL root span) current, so log
+    events between attempts, and the access log, carry the request's trace id.
+    """
+
+    __slots__ = (
+        "_method",
+        "_off",
+        "_parent",
+        "_path",
+        "_root",
+        "_service",
+        "_token",
+        "_tracer",
+        "incoming",
+        "request_id",
+    )
+
+    def __init__(
+        self, tracer: trace.Tracer, incoming: IncomingContext, *, method: bytes, target: bytes, service: str
+    ) -> None:
+        self._tracer = tracer
+        self.incoming = incoming
+        self.request_id = incoming.request_id_str
+        self._method = method
+        self._path = _path(target)
+        self._service = service
+        self._token: object | None = None
+        self._root: RequestSpan | None = None
+        self._off = isinstance(tracer, trace.NoOpTracer)
+        parent = incoming.otel_context()
+        if parent is None and not self._off:
+            # No parent from the app: one INTERNAL span so that every attempt lands in one trace.
+            attributes: dict[str, AttributeValue] = {
+                URL_PATH: self._path,
+                MESH_SERVICE: service,
+                REQUEST_ID: self.request_id,
+            }
+            name = _method_attributes(method, attributes)
+            span = tracer.start_span(f"{name} {service}", kind=SpanKind.INTERNAL, attributes=attributes)
+            self._root = RequestSpan(span, SpanKind.INTERNAL, incoming)
+            parent = trace.set_span_in_context(span)
+        self._parent = parent
+
+    def __enter__(self) -> OutboundRequest:
+        if self._parent is not None:
+            self._token = otel_context.attach(self._parent)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]  # attach() returned it
+            self._token = None
+        if self._root is not None:
+            self._root.__exit__(exc_type, exc, tb)
+
+    @property
+    def trace_id(self) -> str | None:
+        parent = self.incoming.parent
+        if parent is not None:
+            return f"{parent.trace_id:032x}"
+        return self._root.trace_id if self._root is not None else None
+
+    def attempt(
+        self,
+        *,
+        endpoint_address: str,
+        endpoint_port: int,
+        peer_spiffe_id: str | None = None,
+        attempt: int = 0,
+    ) -> RequestSpan:
+        """A CLIENT span for one try against one endpoint; `attempt` counts from 0 (the first try)."""
+        if self._off:
+            return RequestSpan(INVALID_SPAN, SpanKind.CLIENT, self.incoming)
+        attributes: dict[str, AttributeValue] = {
+            URL_PATH: self._path,
+            URL_SCHEME: "https",
+            URL_FULL: f"https://{endpoint_address}:{endpoint_port}{self._path}",
+            SERVER_ADDRESS: endpoint_address,
+            SERVER_PORT: endpoint_port,
+            NETWORK_PEER_ADDRESS: endpoint_address,
+            NETWORK_PEER_PORT: endpoint_port,
+            NETWORK_PROTOCOL_VERSION: "1.1",
+            UPSTREAM_ENDPOINT: f"{endpoint_address}:{endpoint_port}",
+            MESH_SERVICE: self._service,
+            REQUEST_ID: self.request_id,
+        }
+        if peer_spiffe_id is not None:
+            attributes[PEER_SPIFFE_ID] = peer_spiffe_id
+        if attempt > 0:
+            attributes[HTTP_RESEND_COUNT] = attempt
+        name = _method_attributes(self._method, attributes)
+        kind = SpanKind.CLIENT
+        span = self._tracer.start_span(name, context=self._parent, kind=kind, attributes=attributes)
+        return RequestSpan(span, kind, self.incoming)
+
+    def finish(self, status: int, *, error_code: str | None = None) -> None:
+        """The status the app finally got; recorded on the INTERNAL root span when there is one."""
+        if self._root is not None:
+            self._root.finish(status, error_code=error_code)
+
+
+class MeshTracer:
+    """The sidecar's span factory: one per sidecar process, shared by inbound and outbound."""
+
+    def __init__(self, tracer: trace.Tracer, *, service: str) -> None:
+        self._tracer = tracer
+        self.service = service
+        # With OTel's no-op tracer, skip attribute building entirely: requests cost one extract().
+        self._off = isinstance(tracer, trace.NoOpTracer)
+
+    def inbound(
+        self,
+        headers: Headers,
+        *,
+        method: bytes,
+        target: bytes,
+        peer_spiffe_id: str | None,
+        peer_address: str | None,
+        peer_port: int | None,
+        server_address: str,
+        server_port: int,
+        route: str | None = None,
+    ) -> RequestSpan:
+        """A SERVER span for one request received over mTLS; its parent is read from `headers`."""
+        incoming = extract(headers)
+        if self._off:
+            return RequestSpan(INVALID_SPAN, SpanKind.SERVER, incoming)
+        attributes: dict[str, AttributeValue] = {
+            URL_PATH: _path(target),
+            URL_SCHEME: "https",
+            SERVER_ADDRESS: server_address,
+            SERVER_PORT: server_port,
+            NETWORK_PROTOCOL_VERSION: "1.1",
+            MESH_SERVICE: self.service,
+            REQUEST_ID: incoming.request_id_str,
+        }
+        if peer_address is not None:
+            attributes[NETWORK_PEER_ADDRESS] = peer_address
+            attributes[CLIENT_ADDRESS] = peer_address
+        if peer_port is not None:
+            attributes[NETWORK_PEER_PORT] = peer_port
+        if peer_spiffe_id is not None:
+            attributes[PEER_SPIFFE_ID] = peer_spiffe_id
+        name = _method_attributes(method, attributes)
+        if route is not None:
+            attributes[HTTP_ROUTE] = route
+            name = f"{name} {route}"
+        span = self._tracer.start_span(
+            name, context=incoming.otel_context(), kind=SpanKind.SERVER, attributes=attributes
+        )
+        return RequestSpan(span, SpanKind.SERVER, incoming)
+
+    def outbound(self, headers: Headers, *, method: bytes, target: bytes, service: str) -> OutboundRequest:
+        """The outbound side of one app request to `service`; call `.attempt(...)` per try."""
+        return OutboundRequest(self._tracer, extract(headers), method=method, target=target, service=service)
+
+
+ControlOperation = Literal["join", "renew", "policy.activate"]
+
+
+@contextmanager
+def control_span(
+    tracer: trace.Tracer, operation: ControlOperation, attributes: Mapping[str, AttributeValue] | None = None
+) -> Iterator[Span]:
+    """A control-plane span (`trustmesh.join`, `trustmesh.renew`, `trustmesh.policy.activate`).
+
+    Current while inside, so the control plane's log events carry its trace id; an exception marks
+    it ERROR and propagates. Suggested attributes: `trustmesh.spiffe_id`, `trustmesh.svid.serial`,
+    `trustmesh.policy.revision`.
+    """
+    with tracer.start_as_current_span(
+        f"trustmesh.{operation}",
+        kind=SpanKind.INTERNAL,
+        attributes=attributes,
+        record_exception=True,
+        set_status_on_exception=True,
+    ) as span:
+        yield span
