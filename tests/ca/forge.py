@@ -105,9 +105,13 @@ def forge_leaf(
 
 
 def forge_with_ca(
-    ca: CertificateAuthority, state_dir: Path, now: datetime, **kwargs: object
+    authority: CertificateAuthority, state_dir: Path, now: datetime, /, **kwargs: object
 ) -> list[x509.Certificate]:
-    """Forge a leaf under `ca`'s active intermediate, valid from now-1m to now+1h unless overridden."""
+    """Forge a leaf under the CA's active intermediate, valid from now-1m to now+1h unless overridden.
+
+    `authority` is the CA whose files are in `state_dir` (its intermediate must be current).
+    """
+    assert authority.intermediate_certificate == intermediate_of(state_dir)[0]
     kwargs.setdefault("not_before", now - timedelta(minutes=1))
     kwargs.setdefault("not_after", now + timedelta(hours=1))
     chain, _ = forge_leaf(intermediate_of(state_dir), **kwargs)  # type: ignore[arg-type]
