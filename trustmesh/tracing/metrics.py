@@ -1,0 +1,277 @@
+"""Prometheus metrics of a sidecar and of the control plane, each over its own registry.
+
+Why a registry per instance and not prometheus-client's global one: a test or the demo runs
+several sidecars in one process, and each must expose only its own counts on its `/metrics`.
+
+Labels are chosen to answer "who called whom and how did it go" (linkerd's habit): direction,
+peer SPIFFE ID and mesh service on requests; bounded sets elsewhere (status class, not status;
+reason codes, not messages). Names follow Prometheus conventions: `_total` counters, base units
+(`_seconds`, `_bytes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Final, Literal
+
+from cryptography import x509
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+Direction = Literal["inbound", "outbound"]
+BreakerState = Literal["closed", "open", "half_open"]
+
+# What `/metrics` answers with (Prometheus text format 0.0.4).
+CONTENT_TYPE: Final[str] = CONTENT_TYPE_LATEST
+# Requests through a sidecar take from well under a millisecond to a timeout; Prometheus'
+# defaults start at 5 ms, too coarse for a proxy hop.
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+UNKNOWN_PEER: Final = "unknown"
+_BREAKER_STATES: Final[tuple[BreakerState, ...]] = ("closed", "open", "half_open")
+
+
+def status_class(status: int) -> str:
+    """`2xx`…`5xx`; anything else (a sidecar that never got a status) is `other`."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
+def _timestamp(when: datetime) -> float:
+    return when.timestamp()
+
+
+class SidecarMetrics:
+    """Everything a sidecar counts. One instance per sidecar; `render()` is the `/metrics` body."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "trustmesh_requests",
+            "HTTP requests handled, by direction, peer identity, mesh service and status class.",
+            ["direction", "peer", "service", "status_class"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "trustmesh_request_duration_seconds",
+            "Time from request head received to response complete, as seen by the sidecar.",
+            ["direction", "peer", "service"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tcp_opened = Counter(
+            "trustmesh_tcp_connections_opened",
+            "TCP connections accepted or opened.",
+            ["direction"],
+            registry=r,
+        )
+        self.tcp_closed = Counter(
+            "trustmesh_tcp_connections_closed", "TCP connections closed.", ["direction"], registry=r
+        )
+        self.tcp_read_bytes = Counter(
+            "trustmesh_tcp_read_bytes", "Bytes read from peers (after TLS).", ["direction"], registry=r
+        )
+        self.tcp_write_bytes = Counter(
+            "trustmesh_tcp_write_bytes", "Bytes written to peers (before TLS).", ["direction"], registry=r
+        )
+        self.tls_handshakes = Counter(
+            "trustmesh_tls_handshakes", "mTLS handshakes completed.", ["direction"], registry=r
+        )
+        self.tls_handshake_failures = Counter(
+            "trustmesh_tls_handshake_failures",
+            "mTLS handshakes failed, by reason code (untrusted_chain, expired, timeout, …).",
+            ["direction", "reason"],
+            registry=r,
+        )
+        self.policy_decisions = Counter(
+            "trustmesh_policy_decisions", "Inbound authorization decisions.", ["decision"], registry=r
+        )
+        self.cert_expiry = Gauge(
+            "trustmesh_cert_expiry_timestamp_seconds",
+            "notAfter (Unix seconds) of the SVID (kind=svid) and each bundle anchor (kind=trust_anchor).",
+            ["kind", "trust_domain", "spiffe_id", "serial"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "trustmesh_retries",
+            "Outbound retry attempts (not counting first tries).",
+            ["service"],
+            registry=r,
+        )
+        self.retry_budget_exhausted = Counter(
+            "trustmesh_retry_budget_exhausted",
+            "Retries refused because the service's retry budget was spent.",
+            ["service"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "trustmesh_circuit_breaker_state",
+            "1 for the current state of each endpoint's circuit breaker, 0 for the others.",
+            ["service", "endpoint", "state"],
+            registry=r,
+        )
+
+    # -- per request ------------------------------------------------------------------------------
+
+    def observe_request(
+        self, direction: Direction, *, peer: str | None, service: str, status: int, duration_s: float
+    ) -> None:
+        """Count one finished request and its latency; call once per request, next to `access_log`."""
+        peer_label = peer or UNKNOWN_PEER
+        self.requests.labels(direction, peer_label, service, status_class(status)).inc()
+        self.request_duration.labels(direction, peer_label, service).observe(duration_s)
+
+    def observe_policy_decision(self, decision: str) -> None:
+        self.policy_decisions.labels(decision).inc()
+
+    # -- per connection ---------------------------------------------------------------------------
+
+    def connection_opened(self, direction: Direction) -> None:
+        self.tcp_opened.labels(direction).inc()
+
+    def connection_closed(self, direction: Direction) -> None:
+        self.tcp_closed.labels(direction).inc()
+
+    def add_bytes(self, direction: Direction, *, read: int = 0, written: int = 0) -> None:
+        """Add as bytes move (or once at close); long TCP streams show progress either way."""
+        if read:
+            self.tcp_read_bytes.labels(direction).inc(read)
+        if written:
+            self.tcp_write_bytes.labels(direction).inc(written)
+
+    def tls_handshake(self, direction: Direction, *, failure_reason: str | None = None) -> None:
+        """One finished handshake; `failure_reason` is a short code (`SvidError.reason`, `timeout`…)."""
+        if failure_reason is None:
+            self.tls_handshakes.labels(direction).inc()
+        else:
+            self.tls_handshake_failures.labels(direction, failure_reason).inc()
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def set_cert_expiry(
+        self,
+        *,
+        svid: x509.Certificate,
+        spiffe_id: str,
+        trust_domain: str,
+        anchors: Iterable[x509.Certificate],
+    ) -> None:
+        """Replace the expiry series with the current SVID and bundle; call after every rotation.
+
+        Anchors no longer in the bundle disappear from `/metrics` (the gauge is cleared first), so an
+        alert on `trustmesh_cert_expiry_timestamp_seconds - time() < 86400` never fires for a
+        certificate that is already gone.
+        """
+        self.cert_expiry.clear()
+        self.cert_expiry.labels("svid", trust_domain, spiffe_id, format(svid.serial_number, "x")).set(
+            _timestamp(svid.not_valid_after_utc)
+        )
+        for anchor in anchors:
+            self.cert_expiry.labels("trust_anchor", trust_domain, "", format(anchor.serial_number, "x")).set(
+                _timestamp(anchor.not_valid_after_utc)
+            )
+
+    # -- resilience (issue 5) ---------------------------------------------------------------------
+
+    def observe_retry(self, service: str) -> None:
+        self.retries.labels(service).inc()
+
+    def observe_retry_budget_exhausted(self, service: str) -> None:
+        self.retry_budget_exhausted.labels(service).inc()
+
+    def set_breaker_state(self, service: str, endpoint: str, state: BreakerState) -> None:
+        for s in _BREAKER_STATES:
+            self.breaker_state.labels(service, endpoint, s).set(1.0 if s == state else 0.0)
+
+    def render(self) -> bytes:
+        """The `/metrics` response body; serve it with `Content-Type: CONTENT_TYPE`."""
+        return generate_latest(self.registry)  # type: ignore[no-any-return]
+
+
+class ControlPlaneMetrics:
+    """What the control plane counts: issuance, join tokens, connected sidecars, config pushes."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.svids_issued = Counter(
+            "trustmesh_control_svids_issued", "SVIDs signed, by kind (x509, jwt).", ["kind"], registry=r
+        )
+        self.join_tokens = Counter(
+            "trustmesh_control_join_tokens_used",
+            "Join attempts by token outcome: accepted, or the rejection reason (expired, used, unknown…).",
+            ["result"],
+            registry=r,
+        )
+        self.connected_sidecars = Gauge(
+            "trustmesh_control_connected_sidecars", "Sidecars with an open config stream.", registry=r
+        )
+        self.push_duration = Histogram(
+            "trustmesh_control_push_duration_seconds",
+            "From a config change (policy activation, bundle rotation) to a sidecar's acknowledgement.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.policy_revision = Gauge(
+            "trustmesh_control_policy_revision", "Revision of the active policy.", registry=r
+        )
+        self.policy_activations = Counter(
+            "trustmesh_control_policy_activations", "Policy revisions activated.", registry=r
+        )
+        self.ca_expiry = Gauge(
+            "trustmesh_cert_expiry_timestamp_seconds",
+            "notAfter (Unix seconds) of the CA's certificates (kind=root, kind=intermediate).",
+            ["kind", "serial"],
+            registry=r,
+        )
+
+    def observe_svid_issued(self, kind: Literal["x509", "jwt"]) -> None:
+        self.svids_issued.labels(kind).inc()
+
+    def observe_join_token(self, result: str) -> None:
+        """`accepted`, or the rejection reason code."""
+        self.join_tokens.labels(result).inc()
+
+    def sidecar_connected(self) -> None:
+        self.connected_sidecars.inc()
+
+    def sidecar_disconnected(self) -> None:
+        self.connected_sidecars.dec()
+
+    def observe_push(self, duration_s: float) -> None:
+        self.push_duration.observe(duration_s)
+
+    def observe_policy_activated(self, revision: int) -> None:
+        self.policy_activations.inc()
+        self.policy_revision.set(revision)
+
+    def set_ca_expiry(
+        self, *, roots: Iterable[x509.Certificate], intermediate: x509.Certificate | None
+    ) -> None:
+        """Replace the CA expiry series; call at start and after every rotation."""
+        self.ca_expiry.clear()
+        for root in roots:
+            self.ca_expiry.labels("root", format(root.serial_number, "x")).set(
+                _timestamp(root.not_valid_after_utc)
+            )
+        if intermediate is not None:
+            self.ca_expiry.labels("intermediate", format(intermediate.serial_number, "x")).set(
+                _timestamp(intermediate.not_valid_after_utc)
+            )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)  # type: ignore[no-any-return]
