@@ -198,7 +198,9 @@ def test_serials_differ(ca: CertificateAuthority) -> None:
 
 
 def test_custom_ttl_and_cap_at_intermediate(tmp_path: Path, clock: ManualClock) -> None:
-    ca = CertificateAuthority.init(tmp_path / "s", "example.org", intermediate_ttl=timedelta(hours=1), clock=clock)
+    ca = CertificateAuthority.init(
+        tmp_path / "s", "example.org", intermediate_ttl=timedelta(hours=1), clock=clock
+    )
     _, pem = make_csr()
     csr = check_csr(pem)
     assert ca.sign_x509_svid(csr, WORKLOAD, ttl=timedelta(minutes=10)).not_after == clock.now() + timedelta(

@@ -29,7 +29,9 @@ def test_not_due_before_half_life(ca: CertificateAuthority, clock: ManualClock) 
     assert ca.rotate_if_due() is False
 
 
-def test_intermediate_rotates_at_half_life(ca: CertificateAuthority, clock: ManualClock, state_dir: Path) -> None:
+def test_intermediate_rotates_at_half_life(
+    ca: CertificateAuthority, clock: ManualClock, state_dir: Path
+) -> None:
     csr = _csr()
     before = ca.sign_x509_svid(csr, WORKLOAD)
     old_intermediate = ca.intermediate_certificate
@@ -58,7 +60,9 @@ def test_signing_rotates_by_itself(ca: CertificateAuthority, clock: ManualClock)
 
 
 def test_no_svid_outlives_its_signer_over_days(tmp_path: Path, clock: ManualClock) -> None:
-    ca = CertificateAuthority.init(tmp_path / "s", "example.org", intermediate_ttl=timedelta(hours=2), clock=clock)
+    ca = CertificateAuthority.init(
+        tmp_path / "s", "example.org", intermediate_ttl=timedelta(hours=2), clock=clock
+    )
     csr = _csr()
     issued = []
     for _ in range(60):  # 60 x 47 min = about two days
@@ -122,7 +126,9 @@ def test_root_rotation_sequence(ca: CertificateAuthority, clock: ManualClock, st
     assert validate_x509_svid(new_svid.chain, bundle, now) == WORKLOAD
     assert validate_jwt_svid(new_jwt, bundle, "reports", now).spiffe_id == WORKLOAD
     assert validate_x509_svid(old_svid.chain, bundle, old_svid.not_after - timedelta(minutes=1)) == WORKLOAD
-    assert validate_jwt_svid(old_jwt, bundle, "reports", clock.now() - timedelta(hours=2)).spiffe_id == WORKLOAD
+    assert (
+        validate_jwt_svid(old_jwt, bundle, "reports", clock.now() - timedelta(hours=2)).spiffe_id == WORKLOAD
+    )
     assert old_root in bundle.x509_authorities
     # The retired root's key is deleted at once: it never signs again.
     assert len(_keys(state_dir)) == 4  # new root, new intermediate, old + new JWT keys

@@ -24,7 +24,9 @@ def _b64(obj: object) -> str:
 
 
 def _jwt_key(state_dir: Path, kid: str) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key((state_dir / "ca" / "keys" / f"{kid}.key.pem").read_bytes(), None)
+    key = serialization.load_pem_private_key(
+        (state_dir / "ca" / "keys" / f"{kid}.key.pem").read_bytes(), None
+    )
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key
 
@@ -95,14 +97,18 @@ def _sign(state_dir: Path, ca: CertificateAuthority, claims: dict[str, object], 
 def test_missing_kid(ca: CertificateAuthority, clock: ManualClock, state_dir: Path) -> None:
     kid = next(iter(ca.bundle().jwt_authorities))
     exp = int(clock.now().timestamp()) + 60
-    token = jwt.encode({"sub": str(WORKLOAD), "aud": "r", "exp": exp}, _jwt_key(state_dir, kid), algorithm="ES256")
+    token = jwt.encode(
+        {"sub": str(WORKLOAD), "aud": "r", "exp": exp}, _jwt_key(state_dir, kid), algorithm="ES256"
+    )
     assert _reason(token, ca.bundle(), "r", clock) == "missing_kid"
 
 
 def test_unknown_kid(ca: CertificateAuthority, clock: ManualClock) -> None:
     other = ec.generate_private_key(ec.SECP256R1())
     exp = int(clock.now().timestamp()) + 60
-    token = jwt.encode({"sub": str(WORKLOAD), "aud": "r", "exp": exp}, other, algorithm="ES256", headers={"kid": "x"})
+    token = jwt.encode(
+        {"sub": str(WORKLOAD), "aud": "r", "exp": exp}, other, algorithm="ES256", headers={"kid": "x"}
+    )
     assert _reason(token, ca.bundle(), "r", clock) == "unknown_kid"
 
 
@@ -110,7 +116,9 @@ def test_signed_by_another_key_under_our_kid(ca: CertificateAuthority, clock: Ma
     kid = next(iter(ca.bundle().jwt_authorities))
     other = ec.generate_private_key(ec.SECP256R1())
     exp = int(clock.now().timestamp()) + 60
-    token = jwt.encode({"sub": str(WORKLOAD), "aud": "r", "exp": exp}, other, algorithm="ES256", headers={"kid": kid})
+    token = jwt.encode(
+        {"sub": str(WORKLOAD), "aud": "r", "exp": exp}, other, algorithm="ES256", headers={"kid": kid}
+    )
     assert _reason(token, ca.bundle(), "r", clock) == "bad_signature"
 
 
@@ -149,7 +157,9 @@ def test_malformed(ca: CertificateAuthority, clock: ManualClock) -> None:
     ("audience", "ttl"),
     [([], None), ([""], None), (["a"], timedelta(0)), (["a"], timedelta(hours=2))],
 )
-def test_ca_refuses_bad_requests(ca: CertificateAuthority, audience: list[str], ttl: timedelta | None) -> None:
+def test_ca_refuses_bad_requests(
+    ca: CertificateAuthority, audience: list[str], ttl: timedelta | None
+) -> None:
     with pytest.raises(ValueError):
         ca.sign_jwt_svid(WORKLOAD, audience, ttl=ttl)
 

@@ -35,7 +35,9 @@ def test_issued_svid_validates(ca: CertificateAuthority, clock: ManualClock) -> 
     assert leaf_spiffe_id(chain[0]) == WORKLOAD
 
 
-def test_forged_but_well_formed_leaf_validates(ca: CertificateAuthority, clock: ManualClock, state_dir: Path) -> None:
+def test_forged_but_well_formed_leaf_validates(
+    ca: CertificateAuthority, clock: ManualClock, state_dir: Path
+) -> None:
     """Control case: the forging helper itself makes valid SVIDs unless told otherwise."""
     chain = forge_with_ca(ca, state_dir, clock.now())
     assert str(validate_x509_svid(chain, ca.bundle(), clock.now())) == "spiffe://example.org/forged"
@@ -68,7 +70,11 @@ def test_within_backdate_is_valid(ca: CertificateAuthority, clock: ManualClock) 
 FORGERIES: list[tuple[str, dict[str, Any], str]] = [
     ("X-10 CA-flagged leaf", {"ca": True}, "leaf_is_ca"),
     ("X-02 two URI SANs", {"uris": ["spiffe://example.org/a", "spiffe://example.org/b"]}, "uri_san_count"),
-    ("X-02 spiffe + https URI", {"uris": ["spiffe://example.org/a", "https://example.org/"]}, "uri_san_count"),
+    (
+        "X-02 spiffe + https URI",
+        {"uris": ["spiffe://example.org/a", "https://example.org/"]},
+        "uri_san_count",
+    ),
     ("X-01 no SAN", {"uris": []}, "uri_san_count"),
     ("X-16 keyCertSign leaf", {"key_cert_sign": True}, "leaf_key_usage"),
     ("X-16 cRLSign leaf", {"crl_sign": True}, "leaf_key_usage"),
