@@ -27,16 +27,19 @@ def add_state_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def duration(text: str) -> timedelta:
-    """argparse `type=` for Go-style durations; argparse turns the ValueError into a usage error."""
-    value = parse_duration(text)
+def duration_flag(text: str, flag: str) -> timedelta:
+    """A Go-style duration flag (`30s`, `10m`, `8760h`, `7d`) or a one-line `CliError` naming the flag.
+
+    Parsed in the command rather than as an argparse `type=`, so that a typo gives one
+    line on stderr like every other user error, not argparse's usage block.
+    """
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise CliError(f"{flag}: {exc}") from exc
     if value <= timedelta(0):
-        raise ValueError(f"duration {text!r} must be positive")
+        raise CliError(f"{flag}: duration {text!r} must be positive")
     return value
-
-
-# argparse prints the type's __name__ in its "invalid ... value" message.
-duration.__name__ = "duration (e.g. 30s, 10m, 1h, 7d)"
 
 
 def quiet_logging() -> None:

@@ -14,7 +14,7 @@ from trustmesh.ca import (
     CaError,
     CertificateAuthority,
 )
-from trustmesh.cli._common import add_state_dir, duration, load_ca, quiet_logging
+from trustmesh.cli._common import add_state_dir, duration_flag, load_ca, quiet_logging
 from trustmesh.cli.errors import CliError
 from trustmesh.clock import SystemClock
 from trustmesh.control.issuer import record_ca_keys
@@ -31,14 +31,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_state_dir(init)
     init.add_argument(
         "--root-ttl",
-        type=duration,
-        default=DEFAULT_ROOT_TTL,
+        default=format_duration(DEFAULT_ROOT_TTL),
         help=f"root lifetime (default {format_duration(DEFAULT_ROOT_TTL)})",
     )
     init.add_argument(
         "--intermediate-ttl",
-        type=duration,
-        default=DEFAULT_INTERMEDIATE_TTL,
+        default=format_duration(DEFAULT_INTERMEDIATE_TTL),
         help="intermediate lifetime, renewed at half-life"
         f" (default {format_duration(DEFAULT_INTERMEDIATE_TTL)})",
     )
@@ -52,8 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_state_dir(rotate)
     rotate.add_argument(
         "--overlap",
-        type=duration,
-        default=DEFAULT_ROOT_OVERLAP,
+        default=format_duration(DEFAULT_ROOT_OVERLAP),
         help=f"new root trusted this long before it signs (default {format_duration(DEFAULT_ROOT_OVERLAP)})",
     )
     rotate.set_defaults(func=_rotate_root)
@@ -65,8 +62,8 @@ def _init(args: argparse.Namespace) -> int:
         ca = CertificateAuthority.init(
             args.state_dir,
             args.trust_domain,
-            root_ttl=args.root_ttl,
-            intermediate_ttl=args.intermediate_ttl,
+            root_ttl=duration_flag(args.root_ttl, "--root-ttl"),
+            intermediate_ttl=duration_flag(args.intermediate_ttl, "--intermediate-ttl"),
             clock=SystemClock(),
         )
     except CaAlreadyInitialised as exc:
@@ -97,7 +94,7 @@ def _rotate_root(args: argparse.Namespace) -> int:
     quiet_logging()
     ca = load_ca(args.state_dir)
     try:
-        rotation = ca.rotate_root(args.overlap)
+        rotation = ca.rotate_root(duration_flag(args.overlap, "--overlap"))
     except CaError as exc:
         raise CliError(str(exc)) from exc
     trio.run(_record_keys, ca, args)

@@ -9,7 +9,7 @@ import structlog
 import trio
 
 from trustmesh.ca import DEFAULT_X509_SVID_TTL
-from trustmesh.cli._common import add_state_dir, duration, load_ca
+from trustmesh.cli._common import add_state_dir, duration_flag, load_ca
 from trustmesh.cli.errors import CliError
 from trustmesh.control.server import ControlPlane, parse_listen
 from trustmesh.durations import format_duration
@@ -26,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--svid-ttl",
-        type=duration,
-        default=DEFAULT_X509_SVID_TTL,
+        default=format_duration(DEFAULT_X509_SVID_TTL),
         help=f"lifetime of issued X.509-SVIDs (default {format_duration(DEFAULT_X509_SVID_TTL)})",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -41,7 +40,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     load_ca(args.state_dir)  # fail with one line before binding anything
-    control_plane = ControlPlane(args.state_dir, host=host, port=port, svid_ttl=args.svid_ttl)
+    control_plane = ControlPlane(
+        args.state_dir, host=host, port=port, svid_ttl=duration_flag(args.svid_ttl, "--svid-ttl")
+    )
     try:
         trio.run(_serve, control_plane)
     except OSError as exc:  # typically: address already in use

@@ -7,7 +7,7 @@ import argparse
 import trio
 
 from trustmesh.ca.join_token import DEFAULT_JOIN_TOKEN_TTL, JoinToken
-from trustmesh.cli._common import add_state_dir, duration, load_ca, quiet_logging
+from trustmesh.cli._common import add_state_dir, duration_flag, load_ca, quiet_logging
 from trustmesh.cli.errors import CliError
 from trustmesh.clock import SystemClock
 from trustmesh.control.issuer import Issuer, rfc3339
@@ -26,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--service", required=True, help="the service the identity belongs to")
     create.add_argument(
         "--ttl",
-        type=duration,
-        default=DEFAULT_JOIN_TOKEN_TTL,
+        default=format_duration(DEFAULT_JOIN_TOKEN_TTL),
         help=f"how long the token can be used (default {format_duration(DEFAULT_JOIN_TOKEN_TTL)})",
     )
     create.set_defaults(func=_create)
@@ -45,12 +44,13 @@ def _create(args: argparse.Namespace) -> int:
         raise CliError(f"--spiffe-id: {exc}") from exc
     if not args.service.strip():
         raise CliError("--service must not be empty")
+    ttl = duration_flag(args.ttl, "--ttl")
     ca = load_ca(args.state_dir)
 
     async def create() -> JoinToken:
         store = await open_store(args.state_dir)
         try:
-            return await Issuer(ca, store, SystemClock()).create_token(spiffe_id, args.service, args.ttl)
+            return await Issuer(ca, store, SystemClock()).create_token(spiffe_id, args.service, ttl)
         finally:
             await store.aclose()
 

@@ -225,7 +225,7 @@ class Issuer:
     ) -> IssuedResponse:
         SVIDS_ISSUED.labels(method=method).inc()
         log.info(
-            "svid_issued",
+            "svid_granted",
             spiffe_id=str(spiffe_id),
             serial=serial,
             expires_at=rfc3339(not_after),
