@@ -200,7 +200,7 @@ class SidecarMetrics:
 
     def render(self) -> bytes:
         """The `/metrics` response body; serve it with `Content-Type: CONTENT_TYPE`."""
-        return generate_latest(self.registry)  # type: ignore[no-any-return]
+        return generate_latest(self.registry)
 
 
 class ControlPlaneMetrics:
@@ -274,4 +274,4 @@ class ControlPlaneMetrics:
             )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)  # type: ignore[no-any-return]
+        return generate_latest(self.registry)
