@@ -1,0 +1,257 @@
+"""HTTP/1.1 on an authenticated inbound connection: requests from the peer sidecar to the app.
+
+Per request: read the head (within `head_timeout` of its first byte, at most
+`max_head_bytes`), authorize it, rewrite it (hop-by-hop fields out, any outside XFCC out,
+ours in), and relay it to the local app over a kept-alive plain connection from the pool.
+Between requests the connection waits at most `idle_timeout`, and not at all once a drain
+has begun.
+
+Each limit breach and each refusal is answered (431, 408, 400, 403, 502) with an
+`x-trustmesh-error` code and logged as one event with a `reason`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+
+import structlog
+import trio
+
+from trustmesh.identity.spiffe_id import SpiffeId
+from trustmesh.sidecar.config import InboundConfig, Limits
+from trustmesh.sidecar.conn import Conn, ConnectionClosed, connect_tcp
+from trustmesh.sidecar.counters import ProxyCounters
+from trustmesh.sidecar.drain import Drain
+from trustmesh.sidecar.exchange import DownstreamGone, UpstreamFailed, relay
+from trustmesh.sidecar.http.errors import HttpError, error_response
+from trustmesh.sidecar.http.headers import forward_request_head
+from trustmesh.sidecar.http.parser import RequestHead, RequestParser
+from trustmesh.sidecar.inbound.authorize import Authorizer
+from trustmesh.sidecar.inbound.set_identity_header import STRIP, xfcc_field
+from trustmesh.sidecar.listener import IdleConnections
+from trustmesh.sidecar.pool import ConnPool
+from trustmesh.sidecar.tls import VerifiedPeer
+
+log = structlog.get_logger(__name__)
+
+_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_APP = "app"  # the pool key: an inbound listener has exactly one app behind it
+_MAX_IDLE_APP_CONNECTIONS = 256
+# Answering a refused request must not hang on a peer that stopped reading.
+_ERROR_SEND_TIMEOUT = 1.0
+
+
+class InboundHttp:
+    """One inbound HTTP listener's shared state: the app pool, limits, counters."""
+
+    def __init__(
+        self,
+        cfg: InboundConfig,
+        own_id: SpiffeId,
+        authorizer: Authorizer,
+        limits: Limits,
+        *,
+        drain: Drain,
+        idle: IdleConnections,
+        counters: ProxyCounters,
+    ) -> None:
+        self._cfg = cfg
+        self._own_id = own_id
+        self._authorizer = authorizer
+        self._limits = limits
+        self._drain = drain
+        self._idle = idle
+        self._counters = counters
+        self._head_timeout = limits.head_timeout.total_seconds()
+        self._idle_timeout = limits.idle_timeout.total_seconds()
+        self._connect_timeout = limits.connect_timeout.total_seconds()
+        self.pool: ConnPool[str] = ConnPool(
+            max_idle_per_key=_MAX_IDLE_APP_CONNECTIONS, idle_timeout=self._idle_timeout
+        )
+        self._listener = str(cfg.listen)
+        self.port = cfg.listen.port  # the bound port, set by serve_inbound when binding port 0
+
+    async def serve_connection(self, conn: Conn, peer: VerifiedPeer) -> None:
+        """Serve requests on `conn` until the peer closes, a limit closes it, or a drain."""
+        xfcc = xfcc_field(self._own_id, peer)
+        parser = RequestParser(self._limits.max_head_bytes)
+        events = parser.events
+        phase = "idle"
+        scope = trio.CancelScope()
+        try:
+            with scope:
+                while True:
+                    # -- wait for the next request head (idle, then head phase) --
+                    if not events:
+                        if self._drain.draining:
+                            return
+                        phase = "idle"
+                        scope.deadline = trio.current_time() + self._idle_timeout
+                        self._idle.enter(scope)
+                        data = await conn.recv()
+                        self._idle.leave(scope)
+                        if not data:
+                            return
+                        phase = "head"
+                        scope.deadline = trio.current_time() + self._head_timeout
+                        parser.feed(data)
+                    while not events:
+                        phase = "head"
+                        data = await conn.recv()
+                        if not data:
+                            return
+                        parser.feed(data)
+                    head = events.popleft()
+                    assert isinstance(head, RequestHead)
+                    phase = "request"
+                    scope.deadline = math.inf
+                    if not await self._serve_request(conn, parser, head, xfcc, peer):
+                        return
+        except HttpError as exc:
+            # A broken head (400/431): answered, never forwarded, and the connection closed,
+            # since what follows in the stream cannot be trusted to be a request boundary.
+            log.warning(
+                "request_refused",
+                listener=self._listener,
+                peer_id=str(peer.spiffe_id),
+                reason=exc.code,
+                status=exc.status,
+                detail=exc.detail,
+            )
+            await self._send_error(conn, exc.status, exc.code)
+        except ConnectionClosed:
+            pass  # the peer reset: nothing to answer
+        finally:
+            if scope.cancelled_caught and phase == "head":
+                log.warning(
+                    "request_refused",
+                    listener=self._listener,
+                    peer_id=str(peer.spiffe_id),
+                    reason="head-timeout",
+                    status=408,
+                    timeout=self._head_timeout,
+                )
+                await self._send_error(conn, 408, "head-timeout")
+            elif scope.cancelled_caught and phase == "idle" and not self._drain.draining:
+                log.debug("connection_idle_timeout", listener=self._listener, peer_id=str(peer.spiffe_id))
+            conn.close()
+
+    async def _serve_request(
+        self, conn: Conn, parser: RequestParser, head: RequestHead, xfcc: bytes, peer: VerifiedPeer
+    ) -> bool:
+        """Authorize and relay one request; True if the connection may serve another."""
+        self._counters.requests += 1
+        decision = self._authorizer.authorize_http(
+            peer.spiffe_id,
+            head.method.decode("latin-1"),
+            head.target.decode("latin-1"),
+            self.port,
+        )
+        if not decision.allowed:
+            return await self._forbid(conn, parser, head, peer, decision.reason)
+        with self._drain.request():
+            head_bytes = forward_request_head(head, strip=STRIP, add=xfcc)
+            for attempt in (1, 2):
+                up, reused = await self._app_connection()
+                if up is None:
+                    await self._send_error(conn, 502, "app-unreachable")
+                    return False
+                try:
+                    outcome = await relay(
+                        conn,
+                        parser,
+                        head,
+                        head_bytes,
+                        up,
+                        max_head_bytes=self._limits.max_head_bytes,
+                        close_downstream=self._drain.draining,
+                    )
+                except UpstreamFailed as exc:
+                    up.close()
+                    if reused and attempt == 1 and not exc.response_started and not head.has_body:
+                        continue  # a pooled connection the app had closed: one fresh try
+                    log.warning(
+                        "app_exchange_failed",
+                        listener=self._listener,
+                        reason="app-reset",
+                        detail=exc.reason,
+                        response_started=exc.response_started,
+                    )
+                    if not exc.response_started:
+                        await self._send_error(conn, 502, "app-reset")
+                    return False
+                except DownstreamGone:
+                    up.close()
+                    return False
+                except HttpError as exc:
+                    up.close()  # the app saw part of a body that will never be completed
+                    log.warning(
+                        "request_refused",
+                        listener=self._listener,
+                        peer_id=str(peer.spiffe_id),
+                        reason=exc.code,
+                        status=exc.status,
+                        detail=exc.detail,
+                    )
+                    await self._send_error(conn, exc.status, exc.code)
+                    return False
+                if outcome.upstream_reusable:
+                    self.pool.put(_APP, up)
+                else:
+                    up.close()
+                return outcome.downstream_keep_alive and not self._drain.draining
+        return False  # unreachable: the loop returns on its second attempt
+
+    async def _app_connection(self) -> tuple[Conn | None, bool]:
+        conn = self.pool.get(_APP)
+        if conn is not None:
+            return conn, True
+        app = self._cfg.app
+        try:
+            with trio.fail_after(self._connect_timeout):
+                sock = await connect_tcp(app.host, app.port)
+        except (OSError, trio.TooSlowError) as exc:
+            log.error("app_unreachable", listener=self._listener, app=str(app), error=str(exc) or "timeout")
+            return None, False
+        self._counters.upstream_connects += 1
+        return Conn(sock), False
+
+    async def _forbid(
+        self, conn: Conn, parser: RequestParser, head: RequestHead, peer: VerifiedPeer, reason: str
+    ) -> bool:
+        request_id = _request_id(head)
+        log.warning(
+            "request_denied",
+            listener=self._listener,
+            peer_id=str(peer.spiffe_id),
+            reason=reason,
+            method=head.method.decode("latin-1"),
+            path=head.target.decode("latin-1"),
+            request_id=request_id,
+        )
+        body = b"forbidden: request " + request_id.encode("ascii") + b"\n"
+        # The body, if any, is not read: the connection closes after the answer.
+        close = head.has_body or not head.keep_alive
+        response = error_response(403, "forbidden", close=close, body=body)
+        response = response.replace(
+            b"\r\n\r\n", b"\r\nx-request-id: " + request_id.encode("ascii") + b"\r\n\r\n", 1
+        )
+        await self._send_raw(conn, response)
+        return not close
+
+    async def _send_error(self, conn: Conn, status: int, code: str) -> None:
+        await self._send_raw(conn, error_response(status, code, close=True))
+
+    async def _send_raw(self, conn: Conn, data: bytes) -> None:
+        with trio.move_on_after(_ERROR_SEND_TIMEOUT), contextlib.suppress(ConnectionClosed):
+            await conn.send_all(data)
+
+
+def _request_id(head: RequestHead) -> str:
+    """The caller's `x-request-id` if it sent a sane one, else a fresh random id."""
+    for name, value in head.headers:
+        if name.lower() == b"x-request-id" and 0 < len(value) <= 64 and _ID_CHARS.issuperset(value):
+            return value.decode("ascii")
+    return secrets.token_hex(8)
