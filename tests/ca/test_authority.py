@@ -255,3 +255,34 @@ def test_bundle_holds_root_and_jwt_key_and_round_trips(ca: CertificateAuthority)
 
 def test_bundle_sequence_stable_without_change(ca: CertificateAuthority) -> None:
     assert ca.bundle().sequence == ca.bundle().sequence
+
+
+def test_status_has_no_key_material(ca: CertificateAuthority, state_dir: Path) -> None:
+    status = ca.status()
+    assert status["fingerprint"] == ca.fingerprint()
+    assert [r["state"] for r in status["roots"]] == ["active"]
+    text = json.dumps(status)
+    assert "PRIVATE" not in text
+    for key_file in (state_dir / "ca" / "keys").iterdir():
+        key_body = key_file.read_text().splitlines()[1]
+        assert key_body not in text
+
+
+def test_corrupt_metadata_is_a_clear_error(ca: CertificateAuthority, state_dir: Path) -> None:
+    (state_dir / "ca" / "ca.json").write_text("{not json")
+    with pytest.raises(CaStateError, match="cannot read"):
+        CertificateAuthority.load(state_dir)
+
+
+def test_missing_key_file_is_a_clear_error(ca: CertificateAuthority, state_dir: Path) -> None:
+    for key_file in (state_dir / "ca" / "keys").glob("int-*"):
+        key_file.unlink()
+    with pytest.raises(CaStateError, match="cannot read CA key"):
+        CertificateAuthority.load(state_dir)
+
+
+def test_chain_that_includes_the_root_also_validates(ca: CertificateAuthority, clock: ManualClock) -> None:
+    _, pem = make_csr()
+    svid = ca.sign_x509_svid(check_csr(pem), WORKLOAD)
+    chain = [*svid.chain, ca.root_certificate]
+    assert validate_x509_svid(chain, ca.bundle(), clock.now()) == WORKLOAD

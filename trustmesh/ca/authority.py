@@ -702,6 +702,18 @@ class CertificateAuthority:
                     self._new_active_intermediate(self._active_root(), now)
                     rotated = True
             pruned = self._prune(now)
+            root = self._active_root()
+            if root.cert.not_valid_after_utc - now < 2 * self.intermediate_ttl and not any(
+                r.state == "prepared" for r in self._roots
+            ):
+                # Intermediates are capped at the root's expiry, so they are getting shorter:
+                # an operator must run `trustmesh ca rotate-root` before it is too late.
+                log.warning(
+                    "ca_root_expiring",
+                    root=root.id,
+                    not_after=_iso(root.cert.not_valid_after_utc),
+                    fingerprint=spki_fingerprint(root.cert),
+                )
             if rotated or pruned:
                 self._save()
             self._next_check = self._next_deadline()
