@@ -230,7 +230,8 @@ def inject(headers: Headers, incoming: IncomingContext, span_context: SpanContex
     """The headers to send on: trace headers rewritten to continue from `span_context`.
 
     With no valid `span_context` (tracing disabled) the trace headers pass through untouched, so a
-    sidecar without tracing is transparent. The x-request-id is added when it was generated here.
+    sidecar without tracing is transparent. Otherwise the result has exactly one `traceparent` and
+    one `x-request-id` (the request's, kept or generated here).
     """
     if span_context is None or not span_context.is_valid:
         if not incoming.request_id_generated:
@@ -242,7 +243,7 @@ def inject(headers: Headers, incoming: IncomingContext, span_context: SpanContex
     out = []
     for name, value in headers:
         role = _ROLE.get(name.lower())
-        if role is None or (role == 9 and not incoming.request_id_generated):
+        if role is None:
             out.append((name, value))
     sampled = span_context.trace_flags.sampled
     out.append((b"traceparent", format_traceparent(span_context.trace_id, span_context.span_id, sampled)))
@@ -255,6 +256,6 @@ def inject(headers: Headers, incoming: IncomingContext, span_context: SpanContex
         out.append((b"x-b3-traceid", b"%032x" % span_context.trace_id))
         out.append((b"x-b3-spanid", b"%016x" % span_context.span_id))
         out.append((b"x-b3-sampled", b"1" if sampled else b"0"))
-    if incoming.request_id_generated:
-        out.append((REQUEST_ID_HEADER, incoming.request_id))
+    # Exactly one x-request-id goes on: the one this request is known by in logs and spans.
+    out.append((REQUEST_ID_HEADER, incoming.request_id))
     return out
