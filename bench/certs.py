@@ -11,6 +11,7 @@ with the `cryptography` package, and the report says which one was used.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import subprocess
@@ -104,7 +105,6 @@ def make_pki(out: Path, names: dict[str, str]) -> Pki:
 
 def _trustmesh_pki(out: Path, names: dict[str, str]) -> Pki:
     from trustmesh.clock import SystemClock
-    from trustmesh.identity.spiffe_id import SpiffeId
 
     state = out / "ca-state"
     subprocess.run(
@@ -114,7 +114,14 @@ def _trustmesh_pki(out: Path, names: dict[str, str]) -> Pki:
     )
     ca_class = _ca_class()
     assert ca_class is not None
-    ca = ca_class.load(state, clock=SystemClock())
+    # The CA logs one event per issuance on stdout; stdout is the report, so send them to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        return _issue(ca_class.load(state, clock=SystemClock()), state, out, names)
+
+
+def _issue(ca: Any, state: Path, out: Path, names: dict[str, str]) -> Pki:
+    from trustmesh.identity.spiffe_id import SpiffeId
+
     roots = out / "roots.pem"
     roots.write_bytes(ca.bundle().to_pem())
     leaves = {}

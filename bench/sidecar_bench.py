@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -101,6 +102,11 @@ class MissingTool(Exception):
     """A Debian tool the benchmark needs is not installed (bench.run installs them as root)."""
 
 
+def _say(message: str) -> None:
+    """Progress on stderr, so stdout stays the markdown section."""
+    print(f"[bench] sidecar: {message}", file=sys.stderr, flush=True)
+
+
 def _require_tools() -> None:
     missing = [t for t in ("nginx", "stunnel4", "wrk") if shutil.which(t) is None]
     if missing:
@@ -174,6 +180,7 @@ def _saturation(r: LegResult, s: Settings, client_cpus: list[int] | None) -> Non
         cpu_pct = 100.0 * (_cpu(r.leg) - cpu0) / (time.monotonic() - t0)
     if non2xx or errors:
         r.problems.append(f"wrk saw {non2xx} non-2xx answers and {errors} socket errors")
+    _say(f"{r.leg.name}: {rps:.0f} req/s keep-alive, proxies {cpu_pct:.0f}% CPU")
     if r.saturation is None or rps > r.saturation.rps:
         r.saturation = Saturation(rps, non2xx, errors, cpu_pct)
 
@@ -183,6 +190,7 @@ def _latency(r: LegResult, s: Settings) -> None:
         LOOPBACK, r.leg.entry_port, BODY_PATH, rate=LATENCY_RATE, duration_s=s.latency_s,
         warmup_s=1.0, connections=s.latency_connections,
     )
+    _say(f"{r.leg.name}: {r.latency.summary()}")
     if r.latency.errors or r.latency.unfinished:
         r.problems.append(f"fixed-rate run: {r.latency.errors} errors, {r.latency.unfinished} unfinished")
 
@@ -199,6 +207,7 @@ def _conns(r: LegResult, s: Settings, pki: Pki) -> None:
         max_count=s.conns_max,
     )
     r.conns_cpu_s = (procs.cpu_seconds(server.pid) or 0.0) - cpu0
+    _say(f"{r.leg.name}: {r.conns.per_second:.0f} new mTLS conn/s, {r.conns.errors} errors")
     if r.conns.errors:
         r.problems.append(f"new connections: {r.conns.errors} failed (first: {r.conns.first_error})")
 
@@ -207,6 +216,7 @@ def _bulk(r: LegResult, s: Settings) -> None:
     pids = {p.name: p.pid for p in r.leg.proxies}
     with _RssSampler(pids, r.rss_peak_kib):
         r.bulk = clients.bulk_download(LOOPBACK, r.leg.entry_port, BULK_PATH, s.bulk_bytes, s.bulk_timeout_s)
+    _say(f"{r.leg.name}: bulk {r.bulk.mb_per_s:.0f} MB/s ({r.bulk.bytes} bytes)")
     if not r.bulk.complete:
         r.problems.append(
             f"bulk transfer stopped at {r.bulk.bytes} of {s.bulk_bytes} bytes after {r.bulk.seconds:.0f}s"
@@ -258,6 +268,7 @@ def run(quick: bool = False, log_dir: Path | None = None) -> Run:
                     legs.append(starter(running, work, pki, backend, server_cpus or []))
                 except _START_FAILURES as exc:
                     unavailable[name] = str(exc).strip()
+                    _say(f"{name} leg unavailable: {unavailable[name]}")
             results = []
             for leg in legs:
                 try:

@@ -203,20 +203,23 @@ def start_trustmesh(procs: Processes, work: Path, pki: Pki, backend_port: int, c
     wait_port(LOOPBACK, cp_port, START_TIMEOUT_S, cp.popen)
     control_plane = f"https://{LOOPBACK}:{cp_port}"
 
-    policy_args: list[str] = []
+    extra_args: list[str] = []
     note = ""
     if "--policy-dir" in sidecar_help:
         (root / "policy").mkdir()
         (root / "policy" / "bench.yaml").write_text(POLICY)
-        policy_args = ["--policy-dir", str(root / "policy")]
+        extra_args = ["--policy-dir", str(root / "policy")]
         note = "inbound enforces a one-rule ALLOW policy (web → api) on every request"
 
+    if "--log-level" in sidecar_help:
+        # Like stunnel's `debug = warning`: no per-request log lines on the hot path being measured.
+        extra_args += ["--log-level", "warning"]
     inbound_port, outbound_port = free_port(), free_port()
     server_admin, client_admin = free_port(), free_port()
     server = procs.start("sidecar-server", [
         *trustmesh_command(), "sidecar", "--control-plane", control_plane, "--join-token", api_token,
         "--inbound", f"{LOOPBACK}:{inbound_port}={LOOPBACK}:{backend_port}",
-        "--admin", f"{LOOPBACK}:{server_admin}", "--data-dir", str(root / "server"), *policy_args,
+        "--admin", f"{LOOPBACK}:{server_admin}", "--data-dir", str(root / "server"), *extra_args,
     ], cpu_list=cpu_list)
     client = procs.start("sidecar-client", [
         *trustmesh_command(), "sidecar", "--control-plane", control_plane, "--join-token", web_token,
