@@ -11,7 +11,6 @@ with the `cryptography` package, and the report says which one was used.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import importlib
 import subprocess
@@ -114,9 +113,17 @@ def _trustmesh_pki(out: Path, names: dict[str, str]) -> Pki:
     )
     ca_class = _ca_class()
     assert ca_class is not None
-    # The CA logs one event per issuance on stdout; stdout is the report, so send them to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
-        return _issue(ca_class.load(state, clock=SystemClock()), state, out, names)
+    _quiet_trustmesh_logs()
+    return _issue(ca_class.load(state, clock=SystemClock()), state, out, names)
+
+
+def _quiet_trustmesh_logs() -> None:
+    """The CA logs an event per issuance; the harness's stdout is the report, so warnings only, on stderr."""
+    try:
+        from trustmesh.tracing.logs import configure_logging
+    except ImportError:
+        return
+    configure_logging("warning", "console", stream=sys.stderr)
 
 
 def _issue(ca: Any, state: Path, out: Path, names: dict[str, str]) -> Pki:
