@@ -85,7 +85,9 @@ def test_list_elements_match_any_and_prefix_patterns_match_below_the_prefix() ->
 
 
 def test_deny_wins_over_allow_whatever_the_order() -> None:
-    deny = policy("no-web-admin", "DENY", f"- from: {{spiffeIds: ['{WEB}']}}\n  to: {{paths: ['/items/secret']}}")
+    deny = policy(
+        "no-web-admin", "DENY", f"- from: {{spiffeIds: ['{WEB}']}}\n  to: {{paths: ['/items/secret']}}"
+    )
     for documents in ((WEB_READS, deny), (deny, WEB_READS)):
         e = engine(*documents)
         denied = e.decide(WEB, API, "GET", "/items/secret", 9001)
@@ -107,7 +109,7 @@ def test_empty_revision_denies_everything() -> None:
 
 def test_omitted_selector_and_star_select_every_workload() -> None:
     open_health = policy("health", "ALLOW", "- to: {paths: ['/healthz']}", selector=None)
-    star = policy("star-deny-other", "DENY", f"- from: {{spiffeIds: ['spiffe://other.org/*']}}", selector="*")
+    star = policy("star-deny-other", "DENY", "- from: {spiffeIds: ['spiffe://other.org/*']}", selector="*")
     e = engine(open_health, star)
     assert e.decide(WEB, API, "GET", "/healthz").allowed
     assert e.decide(WEB, DB, "GET", "/healthz").allowed
@@ -116,7 +118,11 @@ def test_omitted_selector_and_star_select_every_workload() -> None:
 
 
 def test_prefix_selector_selects_workloads_below_it() -> None:
-    e = engine(policy("ns-default", "ALLOW", f"- from: {{spiffeIds: ['{WEB}']}}", "spiffe://example.org/ns/default/*"))
+    e = engine(
+        policy(
+            "ns-default", "ALLOW", f"- from: {{spiffeIds: ['{WEB}']}}", "spiffe://example.org/ns/default/*"
+        )
+    )
     assert e.decide(WEB, API).allowed
     assert not e.decide(WEB, DB).allowed
     assert [p.name for p in e.selecting(API)] == ["ns-default"]
@@ -125,7 +131,9 @@ def test_prefix_selector_selects_workloads_below_it() -> None:
 
 def test_tcp_evaluates_from_and_ports_and_never_matches_http_rules() -> None:
     tcp_rule = policy("etl-to-db", "ALLOW", f"- from: {{spiffeIds: ['{ETL}']}}\n  to: {{ports: [5432]}}", DB)
-    http_rule = policy("web-to-db-http", "ALLOW", f"- from: {{spiffeIds: ['{WEB}']}}\n  to: {{methods: [GET]}}", DB)
+    http_rule = policy(
+        "web-to-db-http", "ALLOW", f"- from: {{spiffeIds: ['{WEB}']}}\n  to: {{methods: [GET]}}", DB
+    )
     e = engine(tcp_rule, http_rule)
     assert e.decide(ETL, DB, port=5432).allowed
     assert e.decide(ETL, DB, port=5433).reason == "default-deny"
@@ -157,7 +165,15 @@ def test_second_rule_is_reported_with_its_index() -> None:
 
 @pytest.mark.parametrize(
     "attack",
-    ["/items/../admin", "//admin", "/%61dmin", "/./admin", "/items/%2e%2e/admin", "/admin/", "/admin?x=/items/1"],
+    [
+        "/items/../admin",
+        "//admin",
+        "/%61dmin",
+        "/./admin",
+        "/items/%2e%2e/admin",
+        "/admin/",
+        "/admin?x=/items/1",
+    ],
 )
 def test_paths_are_normalised_before_matching(attack: str) -> None:
     deny = policy("no-admin", "DENY", "- to: {paths: ['/admin', '/admin/*']}")
@@ -166,7 +182,9 @@ def test_paths_are_normalised_before_matching(attack: str) -> None:
     assert (decision.decision, decision.policy) == ("DENY", "no-admin")
 
 
-@pytest.mark.parametrize("attack", ["/items/..%2Fadmin", "/items%2F..%2Fadmin", "/items\\..\\admin", "/../admin"])
+@pytest.mark.parametrize(
+    "attack", ["/items/..%2Fadmin", "/items%2F..%2Fadmin", "/items\\..\\admin", "/../admin"]
+)
 def test_ambiguous_paths_are_denied_before_rules(attack: str) -> None:
     allow_all = policy("allow-web", "ALLOW", f"- from: {{spiffeIds: ['{WEB}']}}")
     decision = engine(allow_all).decide(WEB, API, "GET", attack)
@@ -175,7 +193,8 @@ def test_ambiguous_paths_are_denied_before_rules(attack: str) -> None:
 
 def test_unselected_policies_are_not_consulted() -> None:
     many = [
-        policy(f"svc-{i}", "DENY", "- {}", selector=f"spiffe://example.org/ns/other/sa/svc-{i}") for i in range(200)
+        policy(f"svc-{i}", "DENY", "- {}", selector=f"spiffe://example.org/ns/other/sa/svc-{i}")
+        for i in range(200)
     ]
     e = engine(WEB_READS, *many)
     assert [p.name for p in e.selecting(API)] == ["web-reads-api"]

@@ -48,7 +48,9 @@ spec:
   timeout: 2s
   retries: {attempts: 3, budget: 0.2}
 """,
-            "deny.yml": authz("action: DENY\nrules:\n  - to: {paths: ['/admin']}\n").replace("name: p", "name: d"),
+            "deny.yml": authz("action: DENY\nrules:\n  - to: {paths: ['/admin']}\n").replace(
+                "name: p", "name: d"
+            ),
             "expect.test.yaml": "this: is not a policy",
             "README.md": "not yaml at all: [",
         }
@@ -67,19 +69,26 @@ spec:
     [
         ("a: [1, 2\nb: 3\n", [(2, "YAML syntax error")]),
         (
-            authz("action: ALLOW\nrules:\n  - from: {spiffeIds: ['spiffe://example.org/a']}\n    color: red\n"),
+            authz(
+                "action: ALLOW\nrules:\n  - from: {spiffeIds: ['spiffe://example.org/a']}\n    color: red\n"
+            ),
             [(9, "spec.rules[0]: unknown field 'color'")],
         ),
-        (HEADER + "spex: {}\n", [(1, "document: missing field 'spec'"), (5, "document: unknown field 'spex'")]),
-        (authz("rules: [{}]\n"), [(6, "spec: missing field 'action'")]),
-        (authz("action: ALLOW\n"), [(6, "spec: missing field 'rules'")]),
+        (
+            HEADER + "spex: {}\n",
+            [(1, "document: missing field 'spec'"), (5, "document: unknown field 'spex'")],
+        ),
+        (authz("rules: [{}]\n"), [(5, "spec: missing field 'action'")]),  # at the `spec:` key
+        (authz("action: ALLOW\n"), [(5, "spec: missing field 'rules'")]),
         (authz("action: PERMIT\nrules: [{}]\n"), [(6, "spec.action: unknown action 'PERMIT'")]),
         (
             authz("action: ALLOW\nrules:\n  - from:\n      spiffeIds: ['spiffe://Example.org/web']\n"),
             [(9, "spec.rules[0].from.spiffeIds[0]: bad SPIFFE ID 'spiffe://Example.org/web': ID-07")],
         ),
         (
-            authz("action: ALLOW\nrules:\n  - from:\n      spiffeIds:\n        - spiffe://example.org/*/web\n"),
+            authz(
+                "action: ALLOW\nrules:\n  - from:\n      spiffeIds:\n        - spiffe://example.org/*/web\n"
+            ),
             [(10, "spec.rules[0].from.spiffeIds[0]: bad SPIFFE ID pattern")],
         ),
         (
@@ -105,16 +114,23 @@ spec:
         (authz("action: ALLOW\nrules: []\n"), [(7, "spec.rules: must not be empty")]),
         (
             "apiVersion: trustmesh.dev/v2\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {}\n",
-            [(1, "unknown apiVersion 'trustmesh.dev/v2'"), (4, "spec: missing field 'action'"), (4, "spec: missing")],
+            [
+                (1, "unknown apiVersion 'trustmesh.dev/v2'"),
+                (4, "spec: missing field 'action'"),
+                (4, "spec: missing"),
+            ],
         ),
         (
             "apiVersion: trustmesh.dev/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}\n",
             [(2, "unknown kind 'NetworkPolicy'")],
         ),
-        (HEADER.replace("name: p", "name: Web_Policy") + "spec: {action: ALLOW, rules: [{}]}\n", [(4, "metadata.name")]),
+        (
+            HEADER.replace("name: p", "name: Web_Policy") + "spec: {action: ALLOW, rules: [{}]}\n",
+            [(4, "metadata.name")],
+        ),
         (
             HEADER.replace("  name: p\n", "  labels: {team: x}\n") + "spec: {action: ALLOW, rules: [{}]}\n",
-            [(4, "metadata: missing field 'name'")],
+            [(3, "metadata: missing field 'name'")],
         ),
         (authz("action: ALLOW\naction: DENY\nrules: [{}]\n"), [(7, "spec: duplicate field 'action'")]),
         ("- just\n- a list\n", [(1, "document: expected a mapping, got a list")]),
@@ -174,7 +190,9 @@ def test_loader_never_crashes_on_arbitrary_text(text: str) -> None:
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(
     action=st.sampled_from(["ALLOW", "DENY", "AUDIT", "allow", "1", "[]", "{}", "null"]),
-    ids=st.lists(st.sampled_from(["'*'", "spiffe://e.org/a", "spiffe://e.org/*", "x", "1", "[]", "''"]), max_size=3),
+    ids=st.lists(
+        st.sampled_from(["'*'", "spiffe://e.org/a", "spiffe://e.org/*", "x", "1", "[]", "''"]), max_size=3
+    ),
     ports=st.lists(st.sampled_from(["1", "0", "65536", "'80'", "true", "1.5", "0x50", "null"]), max_size=3),
     extra=st.sampled_from(["", "  selector: {}\n", "  selector: {spiffeIds: []}\n", "  rules: x\n"]),
 )

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", nargs="?", metavar="PATH", help="policy directory or file")
+    parser.add_argument("policy_path", nargs="?", metavar="PATH", help="policy directory or file")
     parser.add_argument(
         "--git", metavar="REPO", help="read the committed tree of this git repository instead"
     )
@@ -67,18 +67,19 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _snapshot(args: argparse.Namespace) -> tuple[Snapshot, str]:
     """The files to work on, and the prefix that makes their names usable from the current directory."""
-    if (args.path is None) == (args.git is None):
+    if (args.policy_path is None) == (args.git is None):
         raise CliError("give either PATH or --git REPO")
     try:
         if args.git is not None:
             return read_git(args.git, args.ref), ""
-        path = Path(args.path)
+        path = Path(args.policy_path)
         snapshot = read_dir(path)
     except PolicySourceError as exc:
         raise CliError(str(exc)) from exc
     if path.is_file():
         return snapshot, f"{path.parent}/" if str(path.parent) != "." else ""
-    return snapshot, f"{args.path.rstrip('/')}/" if args.path not in (".", "./") else ""
+    root = str(args.policy_path)
+    return snapshot, f"{root.rstrip('/')}/" if root not in (".", "./") else ""
 
 
 def _print_problems(problems: Problems, prefix: str) -> None:

@@ -27,7 +27,7 @@ from trustmesh.policy.model import (
     TrafficPolicy,
 )
 from trustmesh.policy.paths import AmbiguousPath, normalize_path
-from trustmesh.policy.yamltree import NodeReader, compose_documents, line_of
+from trustmesh.policy.yamltree import Field, NodeReader, compose_documents, line_of
 
 __all__ = [
     "check_path_pattern",
@@ -159,11 +159,11 @@ def _document(reader: NodeReader, root: yaml.Node) -> AuthorizationPolicy | Traf
             f"unknown kind {kind!r} (expected {' or '.join(repr(k) for k in KINDS)})",
         )
         kind = None
-    name, labels, name_line = _metadata(reader, top["metadata"].value) if "metadata" in top else (None, {}, 0)
+    name, labels, name_line = _metadata(reader, top["metadata"]) if "metadata" in top else (None, {}, 0)
     if kind is None or "spec" not in top:
         return None
     location = Location(reader.file, name_line or line_of(root))
-    spec = top["spec"].value
+    spec = top["spec"]
     loaded: AuthorizationPolicy | TrafficPolicy | None
     if kind == "AuthorizationPolicy":
         loaded = _authorization(reader, spec, name, labels, location)
@@ -174,8 +174,10 @@ def _document(reader: NodeReader, root: yaml.Node) -> AuthorizationPolicy | Traf
     return loaded
 
 
-def _metadata(reader: NodeReader, node: yaml.Node) -> tuple[str | None, dict[str, str], int]:
-    fields = reader.mapping(node, "metadata", allowed=_METADATA, required=frozenset({"name"}))
+def _metadata(reader: NodeReader, entry: Field) -> tuple[str | None, dict[str, str], int]:
+    fields = reader.mapping(
+        entry.value, "metadata", allowed=_METADATA, required=frozenset({"name"}), owner_line=entry.key_line
+    )
     if fields is None:
         return None, {}, 0
     name: str | None = None
@@ -216,9 +218,12 @@ def _spiffe_patterns(reader: NodeReader, node: yaml.Node, where: str) -> tuple[s
 
 
 def _authorization(
-    reader: NodeReader, node: yaml.Node, name: str | None, labels: dict[str, str], location: Location
+    reader: NodeReader, entry: Field, name: str | None, labels: dict[str, str], location: Location
 ) -> AuthorizationPolicy | None:
-    spec = reader.mapping(node, "spec", allowed=_AUTHZ_SPEC, required=frozenset({"action", "rules"}))
+    required = frozenset({"action", "rules"})
+    spec = reader.mapping(
+        entry.value, "spec", allowed=_AUTHZ_SPEC, required=required, owner_line=entry.key_line
+    )
     if spec is None:
         return None
     selector: tuple[str, ...] | None = None
@@ -256,7 +261,13 @@ def _rule(reader: NodeReader, node: yaml.Node, where: str) -> Rule | None:
         return None
     sources: tuple[str, ...] | None = None
     if "from" in fields:
-        source = reader.mapping(fields["from"].value, f"{where}.from", allowed=_FROM, required=_FROM)
+        source = reader.mapping(
+            fields["from"].value,
+            f"{where}.from",
+            allowed=_FROM,
+            required=_FROM,
+            owner_line=fields["from"].key_line,
+        )
         if source and "spiffeIds" in source:
             sources = _spiffe_patterns(reader, source["spiffeIds"].value, f"{where}.from.spiffeIds")
     methods: tuple[str, ...] | None = None
@@ -324,11 +335,11 @@ def _ports(reader: NodeReader, node: yaml.Node, where: str) -> tuple[int, ...] |
     return tuple(out)
 
 
-def _traffic(
-    reader: NodeReader, node: yaml.Node, name: str | None, location: Location
-) -> TrafficPolicy | None:
+def _traffic(reader: NodeReader, entry: Field, name: str | None, location: Location) -> TrafficPolicy | None:
     """Reserved kind (issue 5): validate the envelope, keep the rest of `spec` as data."""
-    spec = reader.mapping(node, "spec", allowed=None, required=frozenset({"service"}))
+    spec = reader.mapping(
+        entry.value, "spec", allowed=None, required=frozenset({"service"}), owner_line=entry.key_line
+    )
     if spec is None:
         return None
     service: str | None = None

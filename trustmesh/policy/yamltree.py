@@ -79,8 +79,13 @@ class NodeReader:
         *,
         allowed: frozenset[str] | None,
         required: frozenset[str] = frozenset(),
+        owner_line: int | None = None,
     ) -> dict[str, Field] | None:
-        """The entries of a mapping; unknown (if `allowed` given), duplicate, missing fields are problems."""
+        """The entries of a mapping; unknown (if `allowed` given), duplicate, missing fields are problems.
+
+        A missing field is reported at `owner_line` (the line of the key that owns this mapping,
+        `spec:`), else at the mapping's first line.
+        """
         if not isinstance(node, yaml.MappingNode):
             self.problem(line_of(node), f"{where}: expected a mapping, got {_describe(node)}")
             return None
@@ -100,7 +105,7 @@ class NodeReader:
                 continue
             fields[name] = Field(name, key_line, value_node)
         for name in sorted(required - fields.keys()):
-            self.problem(line_of(node), f"{where}: missing field {name!r}")
+            self.problem(owner_line or line_of(node), f"{where}: missing field {name!r}")
         return fields
 
     def string(self, node: yaml.Node, where: str) -> str | None:
