@@ -176,7 +176,10 @@ class EchoApp:
                     conn.send(
                         h11.Response(
                             status_code=200,
-                            headers=[("content-type", "application/json"), ("content-length", str(len(body)))],
+                            headers=[
+                                ("content-type", "application/json"),
+                                ("content-length", str(len(body))),
+                            ],
                         )
                     )
                     or b""
@@ -249,7 +252,9 @@ class HttpClient:
             hdrs.append(("transfer-encoding", "chunked"))
         if self.conn.our_state is h11.DONE:
             self.conn.start_next_cycle()
-        await self.stream.send_all(self.conn.send(h11.Request(method=method, target=target, headers=hdrs)) or b"")
+        await self.stream.send_all(
+            self.conn.send(h11.Request(method=method, target=target, headers=hdrs)) or b""
+        )
         if isinstance(body, bytes):
             if body:
                 await self.stream.send_all(self.conn.send(h11.Data(data=body)) or b"")
@@ -313,7 +318,9 @@ def client_context(identity: StaticIdentity) -> ssl.SSLContext:
     return tls.client_context(identity.chain_pem, identity.key_pem, identity._pki.roots_pem)
 
 
-def bare_client_context(roots_pem: bytes, chain_pem: bytes | None = None, key_pem: bytes | None = None) -> ssl.SSLContext:
+def bare_client_context(
+    roots_pem: bytes, chain_pem: bytes | None = None, key_pem: bytes | None = None
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
@@ -366,7 +373,11 @@ class RunningInbound:
 
 @asynccontextmanager
 async def inbound_running(
-    identity: StaticIdentity, *, protocol: str = "http", limits: Limits | None = None, app_port: int | None = None
+    identity: StaticIdentity,
+    *,
+    protocol: str = "http",
+    limits: Limits | None = None,
+    app_port: int | None = None,
 ) -> AsyncIterator[RunningInbound]:
     """An echo app behind an inbound sidecar; both stopped on exit (drain, then cancel)."""
     limits = limits or Limits(drain_timeout=timedelta(seconds=2))
@@ -380,7 +391,12 @@ async def inbound_running(
 
         async def run(task_status: trio.TaskStatus[HostPort] = trio.TASK_STATUS_IGNORED) -> None:
             await serve_inbound(
-                cfg, identity, AllowTrustDomain(TRUST_DOMAIN), limits, drain=drain, counters=counters,
+                cfg,
+                identity,
+                AllowTrustDomain(TRUST_DOMAIN),
+                limits,
+                drain=drain,
+                counters=counters,
                 task_status=task_status,
             )
             done.set()
@@ -393,3 +409,51 @@ async def inbound_running(
             with trio.move_on_after(5):
                 await done.wait()
             nursery.cancel_scope.cancel()
+
+
+from trustmesh.sidecar.config import OutboundConfig, StaticEndpoint  # noqa: E402
+from trustmesh.sidecar.outbound import serve_outbound  # noqa: E402
+
+
+@dataclass
+class RunningOutbound:
+    port: int
+    counters: ProxyCounters
+    drain: Drain
+    done: trio.Event
+
+
+@asynccontextmanager
+async def outbound_running(
+    identity: StaticIdentity,
+    endpoints: Sequence[StaticEndpoint],
+    *,
+    service: str = "api",
+    protocol: str = "http",
+    limits: Limits | None = None,
+) -> AsyncIterator[RunningOutbound]:
+    limits = limits or Limits(drain_timeout=timedelta(seconds=2))
+    counters = ProxyCounters()
+    drain = Drain()
+    done = trio.Event()
+    cfg = OutboundConfig(service, HostPort("127.0.0.1", 0), protocol)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+
+        async def run(task_status: trio.TaskStatus[HostPort] = trio.TASK_STATUS_IGNORED) -> None:
+            await serve_outbound(
+                cfg, identity, endpoints, limits, drain=drain, counters=counters, task_status=task_status
+            )
+            done.set()
+
+        bound = await nursery.start(run)
+        try:
+            yield RunningOutbound(bound.port, counters, drain, done)
+        finally:
+            drain.begin("test over")
+            with trio.move_on_after(5):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+
+
+def endpoint(port: int, spiffe_id: SpiffeId, service: str = "api") -> StaticEndpoint:
+    return StaticEndpoint(service, HostPort("127.0.0.1", port), spiffe_id)

@@ -98,14 +98,14 @@ async def relay(
 
         nursery.start_soon(body)
         try:
-            outcome = await _relay_response(down, up, head, max_head_bytes, close_downstream, body_done=False)
+            outcome = await _relay_response(down, up, head, max_head_bytes, close_downstream, body_done=True)
         except (UpstreamFailed, DownstreamGone, HttpError) as exc:
             failure.append(exc)
         nursery.cancel_scope.cancel()
     if failure:
         raise failure[0]
     assert outcome is not None
-    if not state.done:
+    if not state.done or state.upstream_broken:
         # The app answered before reading all of the body: the rest of it is still on the
         # downstream connection and in no state to be parsed as the next request.
         outcome.upstream_reusable = False
@@ -150,13 +150,15 @@ async def _stream_body(down: Conn, parser: RequestParser, chunked: bool, up: Con
         parser.feed(data)
         out: list[bytes] = []
         complete = _take_body(events, out, chunked)
+        # Set before the last send: the response may complete (and cancel us) while the
+        # send's checkpoint yields, and by then the whole body was handed to the kernel.
+        state.done = complete
         if out:
             try:
                 await up.send_all(b"".join(out))
             except ConnectionClosed as exc:
                 raise UpstreamFailed(str(exc), response_started=False) from exc
         if complete:
-            state.done = True
             return
 
 

@@ -126,6 +126,7 @@ async def serve_listener(
                             )
                             sock.close()
                             continue
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         active += 1
                         counters.connections_accepted += 1
                         connections.start_soon(run, sock)

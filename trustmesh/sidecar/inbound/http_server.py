@@ -12,8 +12,6 @@ Each limit breach and each refusal is answered (431, 408, 400, 403, 502) with an
 
 from __future__ import annotations
 
-import contextlib
-import math
 import secrets
 
 import structlog
@@ -21,13 +19,19 @@ import trio
 
 from trustmesh.identity.spiffe_id import SpiffeId
 from trustmesh.sidecar.config import InboundConfig, Limits
-from trustmesh.sidecar.conn import Conn, ConnectionClosed, connect_tcp
+from trustmesh.sidecar.conn import Conn, connect_tcp
 from trustmesh.sidecar.counters import ProxyCounters
 from trustmesh.sidecar.drain import Drain
 from trustmesh.sidecar.exchange import DownstreamGone, UpstreamFailed, relay
 from trustmesh.sidecar.http.errors import HttpError, error_response
 from trustmesh.sidecar.http.headers import forward_request_head
 from trustmesh.sidecar.http.parser import RequestHead, RequestParser
+from trustmesh.sidecar.http_connection import (
+    discard_request_body,
+    send_error,
+    send_raw,
+    serve_http_connection,
+)
 from trustmesh.sidecar.inbound.authorize import Authorizer
 from trustmesh.sidecar.inbound.set_identity_header import STRIP, xfcc_field
 from trustmesh.sidecar.listener import IdleConnections
@@ -39,8 +43,6 @@ log = structlog.get_logger(__name__)
 _ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _APP = "app"  # the pool key: an inbound listener has exactly one app behind it
 _MAX_IDLE_APP_CONNECTIONS = 256
-# Answering a refused request must not hang on a peer that stopped reading.
-_ERROR_SEND_TIMEOUT = 1.0
 
 
 class InboundHttp:
@@ -76,67 +78,19 @@ class InboundHttp:
     async def serve_connection(self, conn: Conn, peer: VerifiedPeer) -> None:
         """Serve requests on `conn` until the peer closes, a limit closes it, or a drain."""
         xfcc = xfcc_field(self._own_id, peer)
-        parser = RequestParser(self._limits.max_head_bytes)
-        events = parser.events
-        phase = "idle"
-        scope = trio.CancelScope()
-        try:
-            with scope:
-                while True:
-                    # -- wait for the next request head (idle, then head phase) --
-                    if not events:
-                        if self._drain.draining:
-                            return
-                        phase = "idle"
-                        scope.deadline = trio.current_time() + self._idle_timeout
-                        self._idle.enter(scope)
-                        data = await conn.recv()
-                        self._idle.leave(scope)
-                        if not data:
-                            return
-                        phase = "head"
-                        scope.deadline = trio.current_time() + self._head_timeout
-                        parser.feed(data)
-                    while not events:
-                        phase = "head"
-                        data = await conn.recv()
-                        if not data:
-                            return
-                        parser.feed(data)
-                    head = events.popleft()
-                    assert isinstance(head, RequestHead)
-                    phase = "request"
-                    scope.deadline = math.inf
-                    if not await self._serve_request(conn, parser, head, xfcc, peer):
-                        return
-        except HttpError as exc:
-            # A broken head (400/431): answered, never forwarded, and the connection closed,
-            # since what follows in the stream cannot be trusted to be a request boundary.
-            log.warning(
-                "request_refused",
-                listener=self._listener,
-                peer_id=str(peer.spiffe_id),
-                reason=exc.code,
-                status=exc.status,
-                detail=exc.detail,
-            )
-            await self._send_error(conn, exc.status, exc.code)
-        except ConnectionClosed:
-            pass  # the peer reset: nothing to answer
-        finally:
-            if scope.cancelled_caught and phase == "head":
-                log.warning(
-                    "request_refused",
-                    listener=self._listener,
-                    peer_id=str(peer.spiffe_id),
-                    reason="head-timeout",
-                    status=408,
-                    timeout=self._head_timeout,
-                )
-                await self._send_error(conn, 408, "head-timeout")
-            elif scope.cancelled_caught and phase == "idle" and not self._drain.draining:
-                log.debug("connection_idle_timeout", listener=self._listener, peer_id=str(peer.spiffe_id))
-            conn.close()
+
+        async def handle(conn: Conn, parser: RequestParser, head: RequestHead) -> bool:
+            return await self._serve_request(conn, parser, head, xfcc, peer)
+
+        await serve_http_connection(
+            conn,
+            handle,
+            self._limits,
+            drain=self._drain,
+            idle=self._idle,
+            listener=self._listener,
+            peer=str(peer.spiffe_id),
+        )
 
     async def _serve_request(
         self, conn: Conn, parser: RequestParser, head: RequestHead, xfcc: bytes, peer: VerifiedPeer
@@ -232,8 +186,8 @@ class InboundHttp:
             request_id=request_id,
         )
         body = b"forbidden: request " + request_id.encode("ascii") + b"\n"
-        # The body, if any, is not read: the connection closes after the answer.
-        close = head.has_body or not head.keep_alive
+        # A body still arriving is not read: the connection closes after the answer.
+        close = not discard_request_body(parser) or not head.keep_alive
         response = error_response(403, "forbidden", close=close, body=body)
         response = response.replace(
             b"\r\n\r\n", b"\r\nx-request-id: " + request_id.encode("ascii") + b"\r\n\r\n", 1
@@ -242,11 +196,10 @@ class InboundHttp:
         return not close
 
     async def _send_error(self, conn: Conn, status: int, code: str) -> None:
-        await self._send_raw(conn, error_response(status, code, close=True))
+        await send_error(conn, status, code)
 
     async def _send_raw(self, conn: Conn, data: bytes) -> None:
-        with trio.move_on_after(_ERROR_SEND_TIMEOUT), contextlib.suppress(ConnectionClosed):
-            await conn.send_all(data)
+        await send_raw(conn, data)
 
 
 def _request_id(head: RequestHead) -> str:

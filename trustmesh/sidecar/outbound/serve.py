@@ -1,0 +1,88 @@
+"""`serve_outbound`: plain in from the local app, mTLS out to the service's sidecars.
+
+accept (listener: connection limit, drain) → http_client (per request: endpoint choice,
+pooled mTLS connection under secure naming, relay) or tcp (one mTLS connection, byte copy).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+import structlog
+import trio
+
+from trustmesh.sidecar.config import HostPort, Limits, OutboundConfig, StaticEndpoint
+from trustmesh.sidecar.conn import Conn
+from trustmesh.sidecar.counters import ProxyCounters
+from trustmesh.sidecar.drain import Drain
+from trustmesh.sidecar.identity_view import IdentityView
+from trustmesh.sidecar.listener import IdleConnections, bind, serve_listener
+from trustmesh.sidecar.outbound.balance import Balancer, RoundRobin
+from trustmesh.sidecar.outbound.endpoints import EndpointSource, StaticEndpoints
+from trustmesh.sidecar.outbound.http_client import OutboundHttp
+from trustmesh.sidecar.outbound.secure_connect import SecureConnector
+from trustmesh.sidecar.outbound.tcp import serve_tcp_connection
+from trustmesh.sidecar.tls import PeerValidator
+
+log = structlog.get_logger(__name__)
+
+
+async def serve_outbound(
+    cfg: OutboundConfig,
+    identity: IdentityView,
+    endpoints: EndpointSource | Sequence[StaticEndpoint],
+    limits: Limits,
+    *,
+    drain: Drain,
+    counters: ProxyCounters | None = None,
+    validator: PeerValidator | None = None,
+    balancer: Balancer | None = None,
+    task_status: trio.TaskStatus[HostPort] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the app's calls to `cfg.service` on `cfg.listen` until `drain` completes.
+
+    `endpoints` is an `EndpointSource`, or the `--endpoints` flags as parsed (all services;
+    only `cfg.service`'s are used). `task_status.started(address)` reports the bound address.
+    """
+    counters = counters if counters is not None else ProxyCounters()
+    validator = validator if validator is not None else PeerValidator()
+    balancer = balancer if balancer is not None else RoundRobin()
+    source: EndpointSource = StaticEndpoints(endpoints) if isinstance(endpoints, Sequence) else endpoints
+    listen = bind(cfg.listen)
+    host, port = listen.getsockname()[:2]
+    bound = HostPort(str(host), int(port))
+    name = "outbound " + cfg.service + " " + str(bound)
+    idle = IdleConnections(drain)
+    connector = SecureConnector(identity, limits, counters=counters, validator=validator, listener=name)
+    http = OutboundHttp(
+        cfg, source, balancer, connector, limits, drain=drain, idle=idle, counters=counters, listener=name
+    )
+
+    async def handle(sock: socket.socket) -> None:
+        conn = Conn(sock)
+        if not identity.serving():
+            log.warning("connection_refused", listener=name, reason="not_serving")
+            conn.close()
+            return
+        if cfg.protocol == "tcp":
+            await serve_tcp_connection(conn, cfg, source, balancer, connector, drain=drain, listener=name)
+        else:
+            await http.serve_connection(conn, "app")
+
+    log.info("outbound_listening", listener=name, service=cfg.service, protocol=cfg.protocol)
+    task_status.started(bound)
+    try:
+        await serve_listener(
+            listen,
+            handle,
+            name=name,
+            max_connections=limits.max_connections,
+            drain=drain,
+            drain_timeout=limits.drain_timeout.total_seconds(),
+            idle=idle,
+            counters=counters,
+        )
+    finally:
+        connector.pool.close_all()
+    log.info("outbound_stopped", listener=name)
