@@ -219,7 +219,7 @@ def build_sampler(name: SamplerName, ratio: float) -> Sampler:
 
 # The OTLP exporter reports each failure through stdlib logging (and, with no handler configured,
 # Python prints them raw on stderr). While a `_GuardedExporter.export` runs on the export thread,
-# this filter swallows those records and remembers the last message for the guard to report.
+# this filter swallows those records and remembers the first one for the guard to report.
 _capture = threading.local()
 _EXPORTER_LOGGERS: Final = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
@@ -231,7 +231,9 @@ _EXPORTER_LOGGERS: Final = (
 class _CaptureExportErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(_capture, "active", False):
-            _capture.last_error = record.getMessage()
+            # Keep the first message: the cause ("Connection refused"), not the final "gave up".
+            if _capture.first_error is None:
+                _capture.first_error = record.getMessage()
             return False
         return True
 
@@ -271,10 +273,10 @@ class _GuardedExporter(SpanExporter):
         self.stats = ExportStats()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        _capture.active, _capture.last_error = True, None
+        _capture.active, _capture.first_error = True, None
         try:
             result = self._inner.export(spans)
-            error = _capture.last_error
+            error = _capture.first_error
         except Exception as exc:  # an exporter bug must not kill the export thread; it is reported below
             result, error = SpanExportResult.FAILURE, f"{type(exc).__name__}: {exc}"
         finally:
