@@ -22,6 +22,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -181,8 +182,8 @@ def _block(section: Section, command: str, when: str) -> str:
         title = {"sidecar": "Sidecar data plane", "ca": "CA", "policy": "Policy engine"}[section.name]
         body = f"## {title}: {section.status}\n\n{body}"
     # The measured line goes right under the section's own heading.
-    head, sep, rest = body.partition("\n")
-    text = f"{head}\n\n{measured}\n{sep}{rest}" if head.startswith("#") else f"{measured}\n\n{body}"
+    head, _, rest = body.partition("\n")
+    text = f"{head}\n\n{measured}\n\n{rest.lstrip()}" if head.startswith("#") else f"{measured}\n\n{body}"
     return f"<!-- section:{section.name} -->\n{text.rstrip()}\n<!-- /section:{section.name} -->\n"
 
 
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="where to write the report (default docs/benchmarks.md; "
                         "a temporary file with --quick)")
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every `finally` stops what it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     output: Path = args.output or (
         Path(tempfile.gettempdir()) / "trustmesh-benchmarks-quick.md" if args.quick else DOC
     )

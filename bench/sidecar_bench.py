@@ -348,7 +348,10 @@ def markdown(run_: Run) -> str:
         "",
     ]
     for name, why in run_.unavailable.items():
-        out += [f"> **{name} leg could not run**: {why}", ""]
+        first, _, rest = why.partition("\n")
+        out += [f"**The {name} leg could not run**: {first}", ""]
+        if rest.strip():
+            out += ["```", rest.strip(), "```", ""]
 
     out += [
         "### Figures",

@@ -161,6 +161,25 @@ def _sidecar_help() -> str:
     return done.stdout
 
 
+def _wait_ready(proc: Started, admin: int) -> None:
+    """`trustmesh wait-ready` on the sidecar's admin port, giving up at once if the sidecar dies."""
+    waiter = subprocess.Popen(
+        [*trustmesh_command(), "wait-ready", "--admin", f"{LOOPBACK}:{admin}", "--timeout", "30s"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S + 10
+        while waiter.poll() is None and proc.popen.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        _, err = waiter.communicate()
+    if waiter.returncode != 0 or proc.popen.poll() is not None:
+        raise LegUnavailable(f"{proc.name} did not become ready ({err.strip()[-300:]}); its log ends:\n"
+                             f"{proc.log_tail(6)}")
+
+
 POLICY = f"""\
 apiVersion: trustmesh.dev/v1
 kind: AuthorizationPolicy
@@ -216,26 +235,22 @@ def start_trustmesh(procs: Processes, work: Path, pki: Pki, backend_port: int, c
         extra_args += ["--log-level", "warning"]
     inbound_port, outbound_port = free_port(), free_port()
     server_admin, client_admin = free_port(), free_port()
+    # `--debug`: if a sidecar dies, its log ends with the traceback the report quotes.
     server = procs.start("sidecar-server", [
-        *trustmesh_command(), "sidecar", "--control-plane", control_plane, "--join-token", api_token,
+        *trustmesh_command(), "--debug", "sidecar",
+        "--control-plane", control_plane, "--join-token", api_token,
         "--inbound", f"{LOOPBACK}:{inbound_port}={LOOPBACK}:{backend_port}",
         "--admin", f"{LOOPBACK}:{server_admin}", "--data-dir", str(root / "server"), *extra_args,
     ], cpu_list=cpu_list)
     client = procs.start("sidecar-client", [
-        *trustmesh_command(), "sidecar", "--control-plane", control_plane, "--join-token", web_token,
+        *trustmesh_command(), "--debug", "sidecar",
+        "--control-plane", control_plane, "--join-token", web_token,
         "--outbound", f"api={LOOPBACK}:{outbound_port}",
         "--endpoints", f"api={LOOPBACK}:{inbound_port}@{API_ID}",
         "--admin", f"{LOOPBACK}:{client_admin}", "--data-dir", str(root / "client"),
     ], cpu_list=cpu_list)
     for proc, admin in ((server, server_admin), (client, client_admin)):
-        done = subprocess.run(
-            [*trustmesh_command(), "wait-ready", "--admin", f"{LOOPBACK}:{admin}", "--timeout", "30s"],
-            capture_output=True, text=True, timeout=60,
-        )
-        if done.returncode != 0 or proc.popen.poll() is not None:
-            raise LegUnavailable(
-                f"{proc.name} did not become ready: {done.stderr.strip()[-300:]}\n{proc.log_tail()}"
-            )
+        _wait_ready(proc, admin)
     wait_port(LOOPBACK, outbound_port, START_TIMEOUT_S, client.popen)
     wait_port(LOOPBACK, inbound_port, START_TIMEOUT_S, server.popen)
     return Leg("trustmesh", outbound_port, inbound_port, [client, server], note)
