@@ -29,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 # Answering a refused request must not hang on a peer that stopped reading.
 _ERROR_SEND_TIMEOUT = 1.0
+# Lingering close after an error answer (see `linger`): like nginx's lingering_close.
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 1024 * 1024
 
 RequestHandler = Callable[[Conn, RequestParser, RequestHead], Awaitable[bool]]
 
@@ -94,6 +97,7 @@ async def serve_http_connection(
             detail=exc.detail,
         )
         await send_error(conn, exc.status, exc.code)
+        await linger(conn)
     except ConnectionClosed:
         pass  # the peer reset: nobody to answer
     finally:
@@ -107,6 +111,7 @@ async def serve_http_connection(
                 timeout=head_timeout,
             )
             await send_error(conn, 408, "head-timeout")
+            await linger(conn)
         elif scope.cancelled_caught and phase == "idle" and not drain.draining:
             log.debug("connection_idle_timeout", listener=listener, peer=peer)
         conn.close()
@@ -129,6 +134,23 @@ def discard_request_body(parser: RequestParser) -> bool:
 async def send_error(conn: Conn, status: int, code: str, *, close: bool = True) -> None:
     """Answer with a sidecar-made error (`x-trustmesh-error: code`); best effort, bounded."""
     await send_raw(conn, error_response(status, code, close=close))
+
+
+async def linger(conn: Conn) -> None:
+    """Half-close, then read and drop what the client is still sending, briefly.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy
+    the error response before the client reads it (the 431 for a head still being sent).
+    Bounded in time and bytes, so a client cannot hold the connection open with it.
+    """
+    budget = _LINGER_BYTES
+    with trio.move_on_after(_LINGER_SECONDS), contextlib.suppress(ConnectionClosed):
+        await conn.send_eof()
+        while budget > 0:
+            data = await conn.recv()
+            if not data:
+                return
+            budget -= len(data)
 
 
 async def send_raw(conn: Conn, data: bytes) -> None:
