@@ -52,6 +52,9 @@ How to run it and what each figure means: bench/README.md.
 The machine these run on is small and shared, so absolute figures move from run to
 run; the ratios between legs measured side by side in the same run are what the
 targets are stated in, and what to compare between commits.
+
+This intro, everything above the GENERATED marker, is hand-written and kept by the
+harness: notes on what was tried on the hot path and what it gave belong here.
 """
 
 

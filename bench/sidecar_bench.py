@@ -202,10 +202,11 @@ def _conns(r: LegResult, s: Settings, pki: Pki) -> None:
     ctx = clients.client_context(pki.roots, leaf.chain, leaf.key)
     server = r.leg.proxies[-1]  # the server-side proxy is started first, listed last
     cpu0 = procs.cpu_seconds(server.pid) or 0.0
-    r.conns = clients.new_connections(
-        LOOPBACK, r.leg.tls_port, ctx, BODY_PATH, duration_s=s.conns_s, threads=s.conns_threads,
-        max_count=s.conns_max,
-    )
+    with _RssSampler({p.name: p.pid for p in r.leg.proxies}, r.rss_peak_kib):
+        r.conns = clients.new_connections(
+            LOOPBACK, r.leg.tls_port, ctx, BODY_PATH, duration_s=s.conns_s, threads=s.conns_threads,
+            max_count=s.conns_max,
+        )
     r.conns_cpu_s = (procs.cpu_seconds(server.pid) or 0.0) - cpu0
     _say(f"{r.leg.name}: {r.conns.per_second:.0f} new mTLS conn/s, {r.conns.errors} errors")
     if r.conns.errors:
@@ -435,7 +436,7 @@ def markdown(run_: Run) -> str:
         f"- **bulk MB/s**: one `GET` of a {s.bulk_bytes / 2**20:.0f} MiB sparse file served by nginx with "
         f"sendfile, read through the leg (10^6 bytes/MB), bounded at {s.bulk_timeout_s:.0f} s.",
         "- **RSS**: VmRSS from /proc/PID/status, idle = after start-up and 2 s of quiet, before any load; "
-        "peak = highest sample (every 200 ms) during the saturation and bulk runs.",
+        "peak = highest sample (every 200 ms) during the saturation, new-connection and bulk runs.",
     ]
     if tm is not None and tm.leg.note:
         out.append(f"- trustmesh: {tm.leg.note}.")
