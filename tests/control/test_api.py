@@ -414,3 +414,18 @@ async def test_intermediate_rotation_at_half_life_reissues_server_cert(running: 
             x509.load_pem_x509_certificates(svid.chain_pem), running.ca.bundle(), running.clock.now()
         )
     assert info.value.reason == "expired"
+
+
+async def test_a_bug_becomes_a_logged_json_500_not_a_dropped_connection(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(token: str, csr: str) -> None:
+        raise RuntimeError("simulated bug")
+
+    assert running.cp.issuer is not None
+    monkeypatch.setattr(running.cp.issuer, "join", broken)
+    with structlog.testing.capture_logs() as logs:
+        async with running.client() as c:
+            r = await c.post("/v1/join", json={"token": "x", "csr": "y"})
+    assert r.status_code == 500 and r.json()["error"] == "internal"
+    assert any(e["event"] == "api_internal_error" for e in logs)
