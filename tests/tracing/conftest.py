@@ -55,9 +55,11 @@ def dead_endpoint() -> str:
 def captured_logs() -> Iterator[io.StringIO]:
     """JSON log lines of the test, as the CLI would print them on stderr."""
     out = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
     configure_logging("debug", "json", stream=out)
     yield out
     structlog.reset_defaults()
-    root = logging.getLogger()
+    root.setLevel(level)
     for handler in [h for h in root.handlers if h.get_name() == "trustmesh"]:
         root.removeHandler(handler)
