@@ -27,7 +27,9 @@ async def test_head_over_64_kib_is_431_and_never_forwarded(web: StaticIdentity, 
         assert inbound.app.requests == []
 
 
-async def test_endless_header_line_is_431_without_buffering_it(web: StaticIdentity, api: StaticIdentity) -> None:
+async def test_endless_header_line_is_431_without_buffering_it(
+    web: StaticIdentity, api: StaticIdentity
+) -> None:
     async with inbound_running(api) as inbound:
         stream = await open_tls(inbound.port, client_context(web))
         await stream.send_all(b"GET / HTTP/1.1\r\nx-endless: ")
@@ -92,11 +94,21 @@ async def test_connections_over_the_limit_are_refused(web: StaticIdentity, api: 
 
 
 SMUGGLING = {
-    "cl_and_te": b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
-    "te_and_cl": b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n",
-    "two_content_lengths": b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcde",
-    "bad_chunk_size": b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n4x\r\nabcd\r\n0\r\n\r\n",
-    "chunk_without_crlf": b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcGET /x HTTP/1.1\r\n\r\n",
+    "cl_and_te": (
+        b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "te_and_cl": (
+        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n"
+    ),
+    "two_content_lengths": (
+        b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcde"
+    ),
+    "bad_chunk_size": (
+        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n4x\r\nabcd\r\n0\r\n\r\n"
+    ),
+    "chunk_without_crlf": (
+        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcGET /x HTTP/1.1\r\n\r\n"
+    ),
     "te_not_chunked": b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n\r\nabc",
     "obs_fold": b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
     "space_before_colon": b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding : chunked\r\n\r\n0\r\n\r\n",

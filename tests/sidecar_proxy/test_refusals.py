@@ -36,7 +36,9 @@ async def test_foreign_ca_naming_a_valid_id_of_our_trust_domain_never_reaches_ap
     foreign = make_pki(tmp_path)  # same trust domain name, different root
     chain_pem, key_pem = foreign.issue(WEB)
     async with inbound_running(api) as inbound:
-        got = await raw_exchange(inbound.port, REQUEST, bare_client_context(pki.roots_pem, chain_pem, key_pem))
+        got = await raw_exchange(
+            inbound.port, REQUEST, bare_client_context(pki.roots_pem, chain_pem, key_pem)
+        )
         assert b"HTTP/1.1" not in got
         assert inbound.app.connections == 0
 
@@ -50,7 +52,9 @@ async def test_plain_http_never_reaches_app(api: StaticIdentity) -> None:
 
 FORGERIES = {
     "leaf_is_ca": {"ca": True},
-    "two_uri_sans": {"uris": ("spiffe://example.org/ns/default/sa/web", "spiffe://example.org/ns/default/sa/api")},
+    "two_uri_sans": {
+        "uris": ("spiffe://example.org/ns/default/sa/web", "spiffe://example.org/ns/default/sa/api")
+    },
     "key_cert_sign": {"key_cert_sign": True},
     "other_trust_domain": {"uris": ("spiffe://evil.org/ns/default/sa/web",)},
 }

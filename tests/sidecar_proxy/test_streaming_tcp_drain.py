@@ -35,7 +35,10 @@ async def test_200_mb_chunked_body_streams_with_bounded_rss(web: StaticIdentity,
             digest.update(piece)
             yield piece
 
-    async with inbound_running(api) as inbound, outbound_running(web, [endpoint(inbound.port, API)]) as outbound:
+    async with (
+        inbound_running(api) as inbound,
+        outbound_running(web, [endpoint(inbound.port, API)]) as outbound,
+    ):
         client = HttpClient(await open_plain(outbound.port))
         assert (await client.request("GET", "/warm-up")).status == 200
         before = vm_rss_kib()
@@ -70,9 +73,10 @@ async def _half_close_backend(task_status: trio.TaskStatus[int] = trio.TASK_STAT
 async def test_tcp_mode_carries_half_close_both_ways(web: StaticIdentity, api: StaticIdentity) -> None:
     async with trio.open_nursery() as nursery:
         backend = await nursery.start(_half_close_backend)
-        async with inbound_running(api, protocol="tcp", app_port=backend) as inbound, outbound_running(
-            web, [endpoint(inbound.port, API)], protocol="tcp"
-        ) as outbound:
+        async with (
+            inbound_running(api, protocol="tcp", app_port=backend) as inbound,
+            outbound_running(web, [endpoint(inbound.port, API)], protocol="tcp") as outbound,
+        ):
             stream = await open_plain(outbound.port)
             payload = b"0123456789" * 100_000
             await stream.send_all(payload)

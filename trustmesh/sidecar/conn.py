@@ -40,7 +40,7 @@ class Conn:
     `ConnectionClosed` on a reset or a broken TLS stream.
     """
 
-    __slots__ = ("_ops", "closed", "is_tls", "sock")
+    __slots__ = ("__weakref__", "_ops", "closed", "is_tls", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)

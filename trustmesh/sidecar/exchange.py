@@ -15,6 +15,7 @@ Hot-path rules, each measured to matter:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -64,10 +65,12 @@ async def relay(
     up: Conn,
     *,
     max_head_bytes: int,
-    close_downstream: bool,
+    closing: Callable[[], bool],
 ) -> Outcome:
     """Send `head_bytes` and the body of `head` (from `parser`/`down`) to `up`; relay the answer.
 
+    `closing()` is asked when the response head is written (a drain may begin while the
+    request is in flight): True adds `connection: close` and ends the downstream connection.
     Raises `UpstreamFailed`, `DownstreamGone`, or `HttpError` (a broken request body).
     """
     out = [head_bytes]
@@ -77,7 +80,7 @@ async def relay(
     except ConnectionClosed as exc:
         raise UpstreamFailed(str(exc), response_started=False) from exc
     if complete:
-        return await _relay_response(down, up, head, max_head_bytes, close_downstream, body_done=True)
+        return await _relay_response(down, up, head, max_head_bytes, closing, body_done=True)
 
     # The body is still arriving: stream it while reading the response.
     state = _BodyState()
@@ -98,7 +101,7 @@ async def relay(
 
         nursery.start_soon(body)
         try:
-            outcome = await _relay_response(down, up, head, max_head_bytes, close_downstream, body_done=True)
+            outcome = await _relay_response(down, up, head, max_head_bytes, closing, body_done=True)
         except (UpstreamFailed, DownstreamGone, HttpError) as exc:
             failure.append(exc)
         nursery.cancel_scope.cancel()
@@ -167,7 +170,7 @@ async def _relay_response(
     up: Conn,
     request: RequestHead,
     max_head_bytes: int,
-    close_downstream: bool,
+    closing: Callable[[], bool],
     *,
     body_done: bool,
 ) -> Outcome:
@@ -178,7 +181,7 @@ async def _relay_response(
     head: ResponseHead | None = None
     framing = ""
     started = False
-    close = close_downstream or not request.keep_alive
+    close = not request.keep_alive
     while True:
         try:
             data = await up.recv()
@@ -212,7 +215,7 @@ async def _relay_response(
                     continue
                 head = ev
                 framing = response_framing(ev, downstream_http11)
-                close = close or framing == "close"
+                close = close or framing == "close" or closing()
                 out.append(forward_response_head(ev, framing, close=close))
                 if framing == "none":
                     finished = True

@@ -92,6 +92,9 @@ class InboundHttp:
             peer=str(peer.spiffe_id),
         )
 
+    def _is_draining(self) -> bool:
+        return self._drain.draining
+
     async def _serve_request(
         self, conn: Conn, parser: RequestParser, head: RequestHead, xfcc: bytes, peer: VerifiedPeer
     ) -> bool:
@@ -120,7 +123,7 @@ class InboundHttp:
                         head_bytes,
                         up,
                         max_head_bytes=self._limits.max_head_bytes,
-                        close_downstream=self._drain.draining,
+                        closing=self._is_draining,
                     )
                 except UpstreamFailed as exc:
                     up.close()

@@ -64,6 +64,9 @@ class OutboundHttp:
             peer=peer,
         )
 
+    def _is_draining(self) -> bool:
+        return self._drain.draining
+
     async def _serve_request(self, conn: Conn, parser: RequestParser, head: RequestHead) -> bool:
         """Relay one request; True if the app's connection may send another."""
         self._counters.requests += 1
@@ -93,7 +96,7 @@ class OutboundHttp:
                         head_bytes,
                         up,
                         max_head_bytes=self._limits.max_head_bytes,
-                        close_downstream=self._drain.draining,
+                        closing=self._is_draining,
                     )
                 except UpstreamFailed as exc:
                     up.close()
