@@ -4,6 +4,9 @@ set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
 command -v openssl >/dev/null || need+=(openssl)
+# A real PostgreSQL server for the store tests (tests/pgcluster.py starts its own throwaway cluster
+# from these binaries; the package's default cluster is not used).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
