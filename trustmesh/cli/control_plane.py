@@ -11,8 +11,12 @@ import trio
 from trustmesh.ca import DEFAULT_X509_SVID_TTL
 from trustmesh.cli._common import add_state_dir, duration_flag, load_ca
 from trustmesh.cli.errors import CliError
+from trustmesh.clock import SystemClock
+from trustmesh.control.policy_service import DEFAULT_POLICY_POLL, PolicyService
 from trustmesh.control.server import ControlPlane, parse_listen
 from trustmesh.durations import format_duration
+from trustmesh.policy.source import DirSource, GitSource, PolicySourceError
+from trustmesh.policy.watcher import PolicyWatcher
 from trustmesh.tracing.logs import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -29,8 +33,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=format_duration(DEFAULT_X509_SVID_TTL),
         help=f"lifetime of issued X.509-SVIDs (default {format_duration(DEFAULT_X509_SVID_TTL)})",
     )
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument(
+        "--policy-git", metavar="REPO", help="follow authorization policy committed in this git repository"
+    )
+    policy.add_argument("--policy-dir", metavar="DIR", help="serve policy from a plain directory instead")
+    parser.add_argument("--policy-ref", default="main", help="branch or ref of --policy-git (default main)")
+    parser.add_argument(
+        "--policy-poll",
+        default=format_duration(DEFAULT_POLICY_POLL),
+        help=f"how often to look for a new policy revision (default {format_duration(DEFAULT_POLICY_POLL)})",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=_run)
+
+
+def _policy_service(args: argparse.Namespace) -> PolicyService | None:
+    """The policy source named by the flags, checked to be readable before anything binds."""
+    source: GitSource | DirSource
+    if args.policy_git:
+        source = GitSource(args.policy_git, args.policy_ref)
+    elif args.policy_dir:
+        source = DirSource(args.policy_dir)
+    else:
+        return None
+    try:
+        source.current_id()
+    except PolicySourceError as exc:
+        raise CliError(f"cannot read policy source {source.describe()}: {exc}") from exc
+    poll = duration_flag(args.policy_poll, "--policy-poll")
+    return PolicyService(PolicyWatcher(source, SystemClock()), poll)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -41,7 +73,11 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     load_ca(args.state_dir)  # fail with one line before binding anything
     control_plane = ControlPlane(
-        args.state_dir, host=host, port=port, svid_ttl=duration_flag(args.svid_ttl, "--svid-ttl")
+        args.state_dir,
+        host=host,
+        port=port,
+        svid_ttl=duration_flag(args.svid_ttl, "--svid-ttl"),
+        policy=_policy_service(args),
     )
     try:
         trio.run(_serve, control_plane)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -17,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from trustmesh.control.errors import ApiError
 from trustmesh.control.issuer import Issuer
@@ -65,8 +66,8 @@ def _str_field(data: dict[str, Any], name: str) -> str:
     return value
 
 
-def build_app(issuer: Issuer) -> Starlette:
-    """The ASGI app for one issuer (one CA and store)."""
+def build_app(issuer: Issuer, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI app for one issuer (one CA and store), plus routes of other services (policy)."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -130,6 +131,7 @@ def build_app(issuer: Issuer) -> Starlette:
             Route("/v1/jwt-svid", jwt_svid, methods=["POST"]),
             Route("/v1/bundle", bundle_json, methods=["GET"]),
             Route("/v1/bundle.pem", bundle_pem, methods=["GET"]),
+            *extra_routes,
         ],
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_bug},
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -247,3 +248,14 @@ class ControlPlaneClient:
 
     async def bundle_json(self) -> str:
         return (await _call(self._client, "GET", "/v1/bundle")).text
+
+    async def policy_status(self) -> dict[str, Any]:
+        """`GET /v1/policy`: the active revision, its policies and the last refused commit."""
+        result: dict[str, Any] = (await _call(self._client, "GET", "/v1/policy")).json()
+        return result
+
+    async def policy_revision(self, known: str | None = None) -> dict[str, Any]:
+        """`GET /v1/policy/revision`: the active revision's files, or `unchanged` if it is `known`."""
+        path = "/v1/policy/revision" if known is None else f"/v1/policy/revision?known={known}"
+        result: dict[str, Any] = (await _call(self._client, "GET", path)).json()
+        return result

@@ -32,6 +32,7 @@ from trustmesh.ca import CertificateAuthority
 from trustmesh.clock import Clock, SystemClock
 from trustmesh.control.app import PEER_CHAIN, build_app
 from trustmesh.control.issuer import Issuer, record_ca_keys
+from trustmesh.control.policy_service import PolicyService
 from trustmesh.control.tls import ServerTls, peer_chain
 from trustmesh.store import Store, open_store
 
@@ -68,6 +69,7 @@ class ControlPlane:
     clock: Clock = field(default_factory=SystemClock)
     store_url: str | None = None
     rotation_check: timedelta = DEFAULT_ROTATION_CHECK
+    policy: PolicyService | None = None
     ca: CertificateAuthority | None = field(default=None, init=False)
     store: Store | None = field(default=None, init=False)
     issuer: Issuer | None = field(default=None, init=False)
@@ -101,7 +103,8 @@ class ControlPlane:
 
     async def _serve(self, task_status: trio.TaskStatus[str]) -> None:
         assert self.issuer is not None and self.tls is not None
-        app = ASGIWrapper(build_app(self.issuer))  # type: ignore[arg-type]  # ASGI typings differ
+        extra_routes = self.policy.routes(self.issuer) if self.policy is not None else []
+        app = ASGIWrapper(build_app(self.issuer, extra_routes))  # type: ignore[arg-type]  # ASGI typings differ
         config = Config()
         context = WorkerContext(None)
         tls = self.tls
@@ -130,6 +133,8 @@ class ControlPlane:
         self.bound_port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as main:
+                if self.policy is not None:
+                    await main.start(self.policy.run)
                 main.start_soon(lambda: trio.serve_listeners(handle, listeners, handler_nursery=connections))
                 main.start_soon(self._rotation_loop)
                 log.info("control_plane_ready", listen=self.listen_address, state_dir=str(self.state_dir))

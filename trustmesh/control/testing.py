@@ -19,6 +19,7 @@ import trio
 from trustmesh.ca import CertificateAuthority
 from trustmesh.clock import ManualClock
 from trustmesh.control.join_client import client_context
+from trustmesh.control.policy_service import PolicyService
 from trustmesh.control.server import ControlPlane
 from trustmesh.identity import SpiffeId
 from trustmesh.store import Store
@@ -75,7 +76,12 @@ class ControlPlaneHarness:
 
 
 async def start_control_plane(
-    nursery: trio.Nursery, state_dir: Path, clock: ManualClock, *, svid_ttl: timedelta | None = None
+    nursery: trio.Nursery,
+    state_dir: Path,
+    clock: ManualClock,
+    *,
+    svid_ttl: timedelta | None = None,
+    policy: PolicyService | None = None,
 ) -> ControlPlaneHarness:
     """Serve the CA in `state_dir` on 127.0.0.1:<free port> until `harness.cp.stop()` or the nursery ends.
 
@@ -83,7 +89,13 @@ async def start_control_plane(
     `harness.cp.rotate_now()` after moving `clock`.
     """
     cp = ControlPlane(
-        state_dir, host="127.0.0.1", port=0, clock=clock, svid_ttl=svid_ttl, rotation_check=timedelta(hours=1)
+        state_dir,
+        host="127.0.0.1",
+        port=0,
+        clock=clock,
+        svid_ttl=svid_ttl,
+        rotation_check=timedelta(hours=1),
+        policy=policy,
     )
     address = await nursery.start(cp.run)
     return ControlPlaneHarness(cp, clock, state_dir, address)

@@ -10,7 +10,8 @@ active, because a typo in a policy repository must never open or close the mesh.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -56,6 +57,9 @@ class ActiveRevision:
     revision: Revision
     engine: PolicyEngine
     activated_at: datetime
+    # The validated source files themselves (policy files only), so the control plane can
+    # hand sidecars exactly what it validated; they compile it with the same loader.
+    sources: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +135,8 @@ class PolicyWatcher:
             )
             return Refused(refused)
         previous = self.active.revision.id if self.active else None
-        self.active = ActiveRevision(loaded, PolicyEngine(loaded), now)
+        sources = {path: snapshot.files[path] for path in loaded.files if path in snapshot.files}
+        self.active = ActiveRevision(loaded, PolicyEngine(loaded), now, sources)
         log.info(
             "policy_revision_activated",
             source=self.source.describe(),
