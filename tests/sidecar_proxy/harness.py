@@ -360,6 +360,7 @@ from trustmesh.sidecar.config import HostPort, InboundConfig, Limits  # noqa: E4
 from trustmesh.sidecar.counters import ProxyCounters  # noqa: E402
 from trustmesh.sidecar.drain import Drain  # noqa: E402
 from trustmesh.sidecar.inbound import AllowTrustDomain, serve_inbound  # noqa: E402
+from trustmesh.sidecar.inbound.authorize import Authorizer  # noqa: E402
 
 
 @dataclass
@@ -378,6 +379,7 @@ async def inbound_running(
     protocol: str = "http",
     limits: Limits | None = None,
     app_port: int | None = None,
+    authorizer: Authorizer | None = None,
 ) -> AsyncIterator[RunningInbound]:
     """An echo app behind an inbound sidecar; both stopped on exit (drain, then cancel)."""
     limits = limits or Limits(drain_timeout=timedelta(seconds=2))
@@ -393,7 +395,7 @@ async def inbound_running(
             await serve_inbound(
                 cfg,
                 identity,
-                AllowTrustDomain(TRUST_DOMAIN),
+                authorizer if authorizer is not None else AllowTrustDomain(TRUST_DOMAIN),
                 limits,
                 drain=drain,
                 counters=counters,

@@ -188,10 +188,13 @@ class InboundHttp:
             path=head.target.decode("latin-1"),
             request_id=request_id,
         )
-        body = b"forbidden: request " + request_id.encode("ascii") + b"\n"
+        # A path that could mean two things to two parsers (`%2F`, `..` above the root) is
+        # refused as a bad request: no policy can be judged on it.
+        status, code = (400, "ambiguous-path") if reason == "ambiguous-path" else (403, "forbidden")
+        body = code.encode("ascii") + b": request " + request_id.encode("ascii") + b"\n"
         # A body still arriving is not read: the connection closes after the answer.
         close = not discard_request_body(parser) or not head.keep_alive
-        response = error_response(403, "forbidden", close=close, body=body)
+        response = error_response(status, code, close=close, body=body)
         response = response.replace(
             b"\r\n\r\n", b"\r\nx-request-id: " + request_id.encode("ascii") + b"\r\n\r\n", 1
         )
