@@ -210,6 +210,15 @@ def start_trustmesh(procs: Processes, work: Path, pki: Pki, backend_port: int, c
             raise LegUnavailable(f"`trustmesh {needed}` does not exist in this checkout yet")
     root = work / "trustmesh"
     root.mkdir()
+    # Policy is default deny once enforcement exists: one ALLOW rule lets web call api, and the
+    # inbound evaluates it on every request, as it would in production. It goes wherever this
+    # checkout takes policy from: the control plane, the sidecar, or both.
+    policy_dir = root / "policy"
+    policy_dir.mkdir()
+    (policy_dir / "bench.yaml").write_text(POLICY)
+    cp_help = subprocess.run([*trustmesh_command(), "control-plane", "--help"], capture_output=True,
+                             text=True, timeout=60).stdout
+    cp_policy = ["--policy-dir", str(policy_dir)] if "--policy-dir" in cp_help else []
     api_token = _trustmesh("token", "create", "--state-dir", str(pki.state_dir), "--spiffe-id", API_ID,
                            "--service", "api").splitlines()[-1]
     web_token = _trustmesh("token", "create", "--state-dir", str(pki.state_dir), "--spiffe-id", WEB_ID,
@@ -217,22 +226,25 @@ def start_trustmesh(procs: Processes, work: Path, pki: Pki, backend_port: int, c
     cp_port = free_port()
     cp = procs.start("control-plane", [
         *trustmesh_command(), "control-plane", "--state-dir", str(pki.state_dir),
-        "--listen", f"{LOOPBACK}:{cp_port}",
+        "--listen", f"{LOOPBACK}:{cp_port}", *cp_policy,
     ], cpu_list=cpu_list)
     wait_port(LOOPBACK, cp_port, START_TIMEOUT_S, cp.popen)
     control_plane = f"https://{LOOPBACK}:{cp_port}"
 
-    extra_args: list[str] = []
-    note = ""
+    extra_args: list[str] = []  # server sidecar only
+    log_args: list[str] = []  # both sidecars
+    notes = []
+    if cp_policy:
+        notes.append("control plane serves")
     if "--policy-dir" in sidecar_help:
-        (root / "policy").mkdir()
-        (root / "policy" / "bench.yaml").write_text(POLICY)
-        extra_args = ["--policy-dir", str(root / "policy")]
-        note = "inbound enforces a one-rule ALLOW policy (web → api) on every request"
-
+        extra_args = ["--policy-dir", str(policy_dir)]
+        notes.append("server sidecar loads")
+    note = ""
+    if notes:
+        note = f"{' and '.join(notes)} a one-rule ALLOW policy (web → api), evaluated on every request"
     if "--log-level" in sidecar_help:
         # Like stunnel's `debug = warning`: no per-request log lines on the hot path being measured.
-        extra_args += ["--log-level", "warning"]
+        log_args = ["--log-level", "warning"]
     inbound_port, outbound_port = free_port(), free_port()
     server_admin, client_admin = free_port(), free_port()
     # `--debug`: if a sidecar dies, its log ends with the traceback the report quotes.
@@ -240,14 +252,14 @@ def start_trustmesh(procs: Processes, work: Path, pki: Pki, backend_port: int, c
         *trustmesh_command(), "--debug", "sidecar",
         "--control-plane", control_plane, "--join-token", api_token,
         "--inbound", f"{LOOPBACK}:{inbound_port}={LOOPBACK}:{backend_port}",
-        "--admin", f"{LOOPBACK}:{server_admin}", "--data-dir", str(root / "server"), *extra_args,
+        "--admin", f"{LOOPBACK}:{server_admin}", "--data-dir", str(root / "server"), *extra_args, *log_args,
     ], cpu_list=cpu_list)
     client = procs.start("sidecar-client", [
         *trustmesh_command(), "--debug", "sidecar",
         "--control-plane", control_plane, "--join-token", web_token,
         "--outbound", f"api={LOOPBACK}:{outbound_port}",
         "--endpoints", f"api={LOOPBACK}:{inbound_port}@{API_ID}",
-        "--admin", f"{LOOPBACK}:{client_admin}", "--data-dir", str(root / "client"),
+        "--admin", f"{LOOPBACK}:{client_admin}", "--data-dir", str(root / "client"), *log_args,
     ], cpu_list=cpu_list)
     for proc, admin in ((server, server_admin), (client, client_admin)):
         _wait_ready(proc, admin)
