@@ -53,8 +53,12 @@ The machine these run on is small and shared, so absolute figures move from run 
 run; the ratios between legs measured side by side in the same run are what the
 targets are stated in, and what to compare between commits.
 
+What was tried on the sidecar hot path and what it gave (trio `SSLStream` against stdlib
+`ssl` on readiness waits, h11 against httptools, …): docs/sidecar-design.md, measured
+with bench/hotpath_compare.py.
+
 This intro, everything above the GENERATED marker, is hand-written and kept by the
-harness: notes on what was tried on the hot path and what it gave belong here.
+harness; everything below it is rewritten by each run.
 """
 
 
