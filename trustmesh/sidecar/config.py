@@ -115,3 +115,5 @@ class SidecarConfig:
     admin: HostPort | None = None
     limits: Limits = field(default_factory=Limits)
     policy_dir: Path | None = None
+    # How often the sidecar asks its policy source for a new revision (policy_follower's default).
+    policy_poll: timedelta = timedelta(seconds=5)

@@ -1,0 +1,169 @@
+"""`trustmesh sidecar`: flags parsed once into a `SidecarConfig`, then the process runs.
+
+Every flag error is one line (`trustmesh: error: ...`) before anything starts: a sidecar
+that half-starts with a typo in `--endpoints` would fail later, far from the cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from trustmesh.ca.join_token import InvalidJoinToken, JoinToken
+from trustmesh.cli.errors import CliError
+from trustmesh.durations import parse_duration
+from trustmesh.sidecar.app import Sidecar, SidecarFailed
+from trustmesh.sidecar.bootstrap import ControlPlaneClient
+from trustmesh.sidecar.config import (
+    HostPort,
+    InboundConfig,
+    Limits,
+    OutboundConfig,
+    SidecarConfig,
+    StaticEndpoint,
+)
+from trustmesh.tracing.logs import configure_logging
+
+T = TypeVar("T")
+
+DEFAULT_ADMIN = "127.0.0.1:15000"
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "sidecar",
+        help="run a sidecar: mTLS in and out for one workload",
+        description=(
+            "Run a sidecar: join the mesh with a token (or the SVID persisted in --data-dir),"
+            " accept mTLS on each --inbound and forward plain to the app, and carry the app's"
+            " plain calls on each --outbound over mTLS to the service's endpoints."
+        ),
+    )
+    p.add_argument(
+        "--control-plane",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="control plane https URL; repeat for failover, tried in order",
+    )
+    p.add_argument(
+        "--join-token",
+        metavar="TOKEN",
+        help="single-use join token (`trustmesh token create`); not needed while a valid SVID is persisted",
+    )
+    p.add_argument(
+        "--inbound", action="append", default=[], metavar="LISTEN=APP[,tcp]", help="mTLS in, plain to the app"
+    )
+    p.add_argument(
+        "--outbound",
+        action="append",
+        default=[],
+        metavar="SERVICE=LISTEN[,tcp]",
+        help="the app calls SERVICE in plain text at LISTEN",
+    )
+    p.add_argument(
+        "--endpoints",
+        action="append",
+        default=[],
+        metavar="SERVICE=HOST:PORT@SPIFFE_ID",
+        help="static endpoint of SERVICE and the identity it must present (repeatable)",
+    )
+    p.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help=f"admin port (default {DEFAULT_ADMIN})"
+    )
+    p.add_argument(
+        "--data-dir", required=True, type=Path, metavar="DIR", help="where key, SVID and bundle persist"
+    )
+    p.add_argument(
+        "--drain-timeout", default="15s", metavar="DURATION", help="SIGTERM: in-flight requests get this long"
+    )
+    p.add_argument(
+        "--policy-dir",
+        type=Path,
+        metavar="DIR",
+        help="read authorization policy from this directory instead of the control plane",
+    )
+    p.add_argument(
+        "--policy-poll", default="5s", metavar="DURATION", help="how often to look for a new policy"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="auto", choices=["json", "console", "auto"])
+    p.set_defaults(func=run)
+
+
+def _parse_each(flag: str, values: list[str], parse: Callable[[str], T]) -> tuple[T, ...]:
+    out = []
+    for value in values:
+        try:
+            out.append(parse(value))
+        except ValueError as err:
+            raise CliError(f"{flag}: {err}") from err
+    return tuple(out)
+
+
+def config_from_args(args: argparse.Namespace) -> SidecarConfig:
+    """Parse and cross-check every flag; raise CliError naming the first bad one."""
+    urls = tuple(args.control_plane)
+    try:
+        ControlPlaneClient(urls)
+    except ValueError as err:
+        raise CliError(f"--control-plane: {err}") from err
+    if args.join_token is not None:
+        try:
+            JoinToken.parse(args.join_token)
+        except InvalidJoinToken as err:
+            raise CliError(f"--join-token: {err}") from err
+    inbounds = _parse_each("--inbound", args.inbound, InboundConfig.parse)
+    outbounds = _parse_each("--outbound", args.outbound, OutboundConfig.parse)
+    endpoints = _parse_each("--endpoints", args.endpoints, StaticEndpoint.parse)
+    (admin,) = _parse_each("--admin", [args.admin], HostPort.parse)
+    drain_timeout = _duration("--drain-timeout", args.drain_timeout)
+    policy_poll = _duration("--policy-poll", args.policy_poll)
+    if args.policy_dir is not None and not args.policy_dir.is_dir():
+        raise CliError(f"--policy-dir: {args.policy_dir} is not a directory")
+    if not inbounds and not outbounds:
+        raise CliError("nothing to do: give at least one --inbound or --outbound")
+    services = {o.service for o in outbounds}
+    for ep in endpoints:
+        if ep.service not in services:
+            raise CliError(f"--endpoints: service {ep.service!r} has no --outbound")
+    for o in outbounds:
+        if not any(ep.service == o.service for ep in endpoints):
+            raise CliError(f"--outbound {o.service}: no --endpoints {o.service}=HOST:PORT@SPIFFE_ID given")
+    return SidecarConfig(
+        control_planes=urls,
+        join_token=args.join_token,
+        data_dir=args.data_dir,
+        inbounds=inbounds,
+        outbounds=outbounds,
+        endpoints=endpoints,
+        admin=admin,
+        limits=Limits(drain_timeout=drain_timeout),
+        policy_dir=args.policy_dir,
+        policy_poll=policy_poll,
+    )
+
+
+def _duration(flag: str, text: str) -> timedelta:
+    try:
+        value = parse_duration(text)
+    except ValueError as err:
+        raise CliError(f"{flag}: {err}") from err
+    if value <= timedelta(0):
+        raise CliError(f"{flag}: must be more than zero")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    configure_logging(args.log_level, args.log_format)
+    sidecar = Sidecar(cfg)
+    try:
+        return trio.run(sidecar.run)
+    except SidecarFailed as err:
+        raise CliError(str(err)) from err
