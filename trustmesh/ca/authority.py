@@ -73,6 +73,8 @@ from trustmesh.identity.spiffe_id import SpiffeId, validate_trust_domain
 log = structlog.get_logger("trustmesh.ca")
 
 SVIDS_ISSUED = Counter("trustmesh_ca_svids_issued", "SVIDs signed by the CA", ["type"])
+_X509_ISSUED = SVIDS_ISSUED.labels(type="x509")  # resolved once: `labels()` costs on every call
+_SHA256 = hashes.SHA256()
 
 DEFAULT_ROOT_TTL = timedelta(days=365)  # long enough that root rotation is a planned event
 DEFAULT_INTERMEDIATE_TTL = timedelta(hours=24)  # a stolen signing key is useful for a day at most
@@ -100,6 +102,7 @@ class IssuedX509Svid:
     chain: list[x509.Certificate]
     serial: int
     not_after: datetime
+    intermediate: str = ""  # id of the signing intermediate, for the issuance log event
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -243,7 +246,26 @@ class _Intermediate:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
         return self._aki
 
+    @property
+    def leaf_builder(self) -> x509.CertificateBuilder:
+        """The part of every leaf it signs that never changes: names, cA=false, KeyUsage, EKU.
+
+        Builders are immutable (each setter returns a copy after validating its input), so
+        this prefix is built once and each issuance adds only what is its own.
+        """
+        if self._leaf_builder is None:
+            self._leaf_builder = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([]))
+                .issuer_name(self.cert.subject)
+                .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
+                .add_extension(_LEAF_KEY_USAGE, critical=True)
+                .add_extension(_LEAF_EKU, critical=False)
+            )
+        return self._leaf_builder
+
     _aki: x509.AuthorityKeyIdentifier | None = None
+    _leaf_builder: x509.CertificateBuilder | None = None
 
 
 @dataclass
@@ -550,32 +572,24 @@ class CertificateAuthority:
         sans += [x509.DNSName(d) for d in dns_names]
         sans += [x509.IPAddress(ip) for ip in ip_addresses]
         assert signer.key is not None  # _active_intermediate guarantees it
+        # The signer's leaf_builder already holds the empty subject, issuer, cA=false,
+        # KeyUsage and EKU.
         leaf = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name(signer.cert.subject)
-            .public_key(public_key)
+            signer.leaf_builder.public_key(public_key)
             .serial_number(serial)
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)
-            .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
-            .add_extension(_LEAF_KEY_USAGE, critical=True)
-            .add_extension(_LEAF_EKU, critical=False)
             # X-05: the subject is empty, so the SAN extension must be critical.
             .add_extension(x509.SubjectAlternativeName(sans), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(signer.authority_key_id, critical=False)
-            .sign(signer.key, hashes.SHA256())
+            .sign(signer.key, _SHA256)
         )
-        SVIDS_ISSUED.labels(type="x509").inc()
-        log.info(
-            "svid_issued",
-            spiffe_id=str(spiffe_id),
-            serial=format(serial, "x"),
-            expires_at=_iso(not_after),
-            intermediate=signer.id,
-        )
-        return IssuedX509Svid(spiffe_id, [leaf, signer.cert], serial, not_after)
+        # The one log event per issuance is the caller's (the control plane's `svid_granted`
+        # knows how the workload authenticated and is written after the audit row); the CA
+        # counts what it signed.
+        _X509_ISSUED.inc()
+        return IssuedX509Svid(spiffe_id, [leaf, signer.cert], serial, not_after, signer.id)
 
     def sign_jwt_svid(
         self, spiffe_id: SpiffeId, audience: Sequence[str], *, ttl: timedelta | None = None

@@ -10,15 +10,25 @@ the join token or the caller's current SVID, never from the CSR.
 from __future__ import annotations
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import SignatureAlgorithmOID
 
 MIN_RSA_BITS = 2048  # NIST SP 800-57: below 2048 bits RSA is no longer acceptable.
 # P-256 and P-384 are what every TLS 1.3 stack supports; P-521 and the rest are refused
 # so a sidecar never meets a leaf key its peer cannot use.
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 MAX_CSR_PEM_BYTES = 64 * 1024  # same ceiling as the API's request body
+
+# ECDSA signature algorithms verified with the key `check_csr` has already loaded (see
+# `_signature_valid`); any other algorithm goes through `is_signature_valid`.
+_ECDSA_HASHES: dict[x509.ObjectIdentifier, type[hashes.HashAlgorithm]] = {
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: hashes.SHA256,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384: hashes.SHA384,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512: hashes.SHA512,
+}
 
 
 class CsrRejected(ValueError):
@@ -27,13 +37,14 @@ class CsrRejected(ValueError):
 
 def check_public_key(key: CertificatePublicKeyTypes) -> None:
     """Refuse key types and sizes the CA will not certify (RSA < 2048, curves other than P-256/P-384)."""
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise CsrRejected(f"RSA key of {key.key_size} bits is too weak (minimum {MIN_RSA_BITS})")
-        return
+    # EC first: it is what nearly every workload sends, and each isinstance on these ABCs costs.
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ALLOWED_CURVES):
             raise CsrRejected(f"EC curve {key.curve.name} is not allowed (use P-256 or P-384)")
+        return
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise CsrRejected(f"RSA key of {key.key_size} bits is too weak (minimum {MIN_RSA_BITS})")
         return
     if isinstance(key, ed25519.Ed25519PublicKey):
         return
@@ -62,9 +73,27 @@ def check_csr(pem: bytes) -> x509.CertificateSigningRequest:
         raise CsrRejected(f"CSR public key cannot be read: {err}") from err
     check_public_key(key)
     try:
-        signature_ok = csr.is_signature_valid
+        signature_ok = _signature_valid(csr, key)
     except UnsupportedAlgorithm as err:
         raise CsrRejected(f"CSR signature algorithm is not supported: {err}") from err
     if not signature_ok:
         raise CsrRejected("CSR signature does not verify: it was not signed by the key it carries")
     return csr
+
+
+def _signature_valid(csr: x509.CertificateSigningRequest, key: CertificatePublicKeyTypes) -> bool:
+    """Does the CSR's signature verify under the key it carries (proof of possession)?
+
+    For an EC key with an ECDSA-SHA2 signature this verifies with `key`, already loaded
+    by the caller: `is_signature_valid` does the same check but loads the key again and
+    costs about 1.5 times as much, and this check is half the CA's work per issuance.
+    """
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        hash_type = _ECDSA_HASHES.get(csr.signature_algorithm_oid)
+        if hash_type is not None:
+            try:
+                key.verify(csr.signature, csr.tbs_certrequest_bytes, ec.ECDSA(hash_type()))
+            except InvalidSignature:
+                return False
+            return True
+    return csr.is_signature_valid

@@ -24,7 +24,7 @@ import structlog
 from cryptography import x509
 from prometheus_client import Counter
 
-from trustmesh.ca import CertificateAuthority, CsrRejected, check_csr, spki_fingerprint
+from trustmesh.ca import CertificateAuthority, CsrRejected, IssuedX509Svid, check_csr, spki_fingerprint
 from trustmesh.ca.join_token import DEFAULT_JOIN_TOKEN_TTL, InvalidJoinToken, JoinToken, secret_matches
 from trustmesh.clock import Clock
 from trustmesh.control.errors import TOKEN_REJECTED_DETAIL, ApiError
@@ -173,7 +173,7 @@ class Issuer:
             # Lost a race with a concurrent join of the same token: the certificate just
             # signed is discarded, never returned.
             self._token_refused(exc.reason, token.token_id, "lost the single-use race")
-        return self._issued(spiffe_id, issued.chain_pem(), issued.not_after, serial, auth, "join")
+        return self._issued(spiffe_id, issued, serial, auth, "join")
 
     async def renew(self, peer_chain: Sequence[x509.Certificate], csr_pem: str) -> IssuedResponse:
         """A fresh SVID for the same SPIFFE ID as the caller's current, valid SVID."""
@@ -191,7 +191,7 @@ class Issuer:
                 auth=auth,
             )
         )
-        return self._issued(caller, issued.chain_pem(), issued.not_after, serial, auth, "renew")
+        return self._issued(caller, issued, serial, auth, "renew")
 
     async def jwt_svid(self, peer_chain: Sequence[x509.Certificate], audience: Sequence[str]) -> str:
         """A JWT-SVID for the authenticated caller, for the given audiences."""
@@ -221,21 +221,24 @@ class Issuer:
             raise ApiError(403, "svid_rejected", f"client SVID rejected: {exc}") from exc
 
     def _issued(
-        self, spiffe_id: SpiffeId, chain_pem: bytes, not_after: datetime, serial: str, auth: str, method: str
+        self, spiffe_id: SpiffeId, issued: IssuedX509Svid, serial: str, auth: str, method: str
     ) -> IssuedResponse:
         SVIDS_ISSUED.labels(method=method).inc()
+        # The one log event of an issuance (the CA itself does not log each signature).
         log.info(
             "svid_granted",
             spiffe_id=str(spiffe_id),
             serial=serial,
-            expires_at=rfc3339(not_after),
+            expires_at=rfc3339(issued.not_after),
             auth=auth,
+            method=method,
+            intermediate=issued.intermediate,
         )
         return IssuedResponse(
             spiffe_id=str(spiffe_id),
-            svid_pem=chain_pem.decode("ascii"),
+            svid_pem=issued.chain_pem().decode("ascii"),
             bundle_pem=self.ca.bundle().to_pem().decode("ascii"),
-            expires_at=not_after,
+            expires_at=issued.not_after,
             serial=serial,
         )
 
