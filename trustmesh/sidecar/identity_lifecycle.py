@@ -48,7 +48,7 @@ from trustmesh.sidecar.bootstrap import ControlPlaneError, ControlPlaneRejected
 
 log = structlog.get_logger(__name__)
 
-# Renew at half the lifetime, give or take 5%: half leaves as much time again to ride out
+# Renew at half the remaining lifetime, give or take 5%: half leaves as much time again to ride out
 # a control-plane outage, and the jitter spreads a fleet that joined at the same moment.
 RENEW_FRACTION = 0.5
 RENEW_JITTER = 0.05
@@ -78,10 +78,15 @@ class NoIdentity(Exception):
     """The sidecar cannot obtain an identity without operator action (message says which)."""
 
 
-def renewal_time(not_before: datetime, not_after: datetime, rng: random.Random) -> datetime:
-    """When to renew an SVID valid from `not_before` to `not_after` (pure, for tests)."""
+def renewal_time(received: datetime, not_after: datetime, rng: random.Random) -> datetime:
+    """When to renew an SVID received at `received` and valid until `not_after` (pure, for tests).
+
+    Half of the time *left* when it arrived, not of notBefore..notAfter: the CA backdates
+    notBefore for clock skew (30 s), and with a short TTL half of that window can already
+    be over on arrival, which would renew in a tight loop.
+    """
     fraction = RENEW_FRACTION + rng.uniform(-RENEW_JITTER, RENEW_JITTER)
-    return not_before + (not_after - not_before) * fraction
+    return received + max(not_after - received, timedelta(0)) * fraction
 
 
 def backoff_delay(attempt: int, rng: random.Random, cap: float = BACKOFF_CAP) -> float:
@@ -424,7 +429,7 @@ class IdentityLifecycle:
             str(spiffe_id), svid_files.chain_pem(chain), key, bundle_pem, leaf.not_valid_after_utc
         )
         self._info = info
-        self._renew_at = renewal_time(info.not_before, info.not_after, self._rng)
+        self._renew_at = renewal_time(self._clock.now(), info.not_after, self._rng)
         if self._metrics:
             self._metrics.svid_expiry.set(info.not_after.timestamp())
             self._metrics.serving.set(1 if self.serving() else 0)
