@@ -54,14 +54,18 @@ def pinned(cmd: Sequence[str], cpu_list: Sequence[int] | None) -> list[str]:
     return ["taskset", "-c", ",".join(str(c) for c in cpu_list), *cmd]
 
 
-def rss_kib(pid: int) -> int | None:
-    """Resident set size (VmRSS) of `pid` in KiB, or None once it has exited."""
+def rss_kib(pid: int, field: str = "VmRSS") -> int | None:
+    """A memory figure of `pid` from /proc/PID/status in KiB, or None once it has exited.
+
+    VmRSS (the default) is what the targets are stated in; RssAnon is the part that is the
+    process's own heap, without the shared libraries it maps (libpython, libcrypto).
+    """
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     for line in text.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return None
 

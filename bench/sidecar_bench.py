@@ -90,6 +90,7 @@ class LegResult:
     conns_cpu_s: float | None = None  # server-side proxy CPU seconds during the conns run
     bulk: clients.BulkResult | None = None
     rss_idle_kib: dict[str, int] = field(default_factory=dict)
+    anon_idle_kib: dict[str, int] = field(default_factory=dict)
     rss_peak_kib: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -281,6 +282,7 @@ def run(quick: bool = False, log_dir: Path | None = None) -> Run:
             topologies.settle(2.0)
             for r in results:
                 r.rss_idle_kib = {p.name: procs.rss_kib(p.pid) or 0 for p in r.leg.proxies}
+                r.anon_idle_kib = {p.name: procs.rss_kib(p.pid, "RssAnon") or 0 for p in r.leg.proxies}
             if client_cpus:
                 # The in-process clients (fixed-rate, handshakes, bulk) run on the client CPU too.
                 procs.set_affinity(client_cpus)
@@ -374,11 +376,13 @@ def markdown(run_: Run) -> str:
             f"| {_fmt(conns(r))} | {_fmt(cpu_per_conn, '.2f')} | {_fmt(bulk(r))} "
             f"| {_fmt(_ratio(bulk(r), bulk(st)), '.2f')} |"
         )
-    out += ["", "| proxy process | RSS idle MB | RSS peak under load MB |", "|---|---:|---:|"]
+    out += ["", "| proxy process | RSS idle MB | of which anonymous MB | RSS peak under load MB |",
+            "|---|---:|---:|---:|"]
     for r in run_.results:
         for proc in r.leg.proxies:
             out.append(
                 f"| {r.leg.name}: {proc.name} | {_fmt(_mb(r.rss_idle_kib.get(proc.name)), '.1f')} "
+                f"| {_fmt(_mb(r.anon_idle_kib.get(proc.name)), '.1f')} "
                 f"| {_fmt(_mb(r.rss_peak_kib.get(proc.name)), '.1f')} |"
             )
 
@@ -436,7 +440,8 @@ def markdown(run_: Run) -> str:
         f"- **bulk MB/s**: one `GET` of a {s.bulk_bytes / 2**20:.0f} MiB sparse file served by nginx with "
         f"sendfile, read through the leg (10^6 bytes/MB), bounded at {s.bulk_timeout_s:.0f} s.",
         "- **RSS**: VmRSS from /proc/PID/status, idle = after start-up and 2 s of quiet, before any load; "
-        "peak = highest sample (every 200 ms) during the saturation, new-connection and bulk runs.",
+        "peak = highest sample (every 200 ms) during the saturation, new-connection and bulk runs. "
+        "*anonymous* = RssAnon, the process's own memory without shared libraries; the target is on VmRSS.",
     ]
     if tm is not None and tm.leg.note:
         out.append(f"- trustmesh: {tm.leg.note}.")
