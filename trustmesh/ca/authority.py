@@ -276,6 +276,25 @@ class _JwtKey:
     retired_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class _BundleMembers:
+    """What `bundle()` holds at times in [computed_at, valid_until): the roots, JWT keys and digest.
+
+    Membership changes only when the CA's state changes (then the memo is dropped) or
+    when a retired root, an intermediate or a retired JWT key reaches a deadline, so
+    between two deadlines every request can share one computation.
+    """
+
+    computed_at: datetime
+    valid_until: datetime
+    roots: tuple[x509.Certificate, ...]
+    jwt_keys: dict[str, PublicKey]
+    digest: str
+
+    def fresh_at(self, now: datetime) -> bool:
+        return self.computed_at <= now < self.valid_until
+
+
 def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
@@ -310,6 +329,7 @@ class CertificateAuthority:
         self._stamp: tuple[int, int] = (0, 0)
         self._next_check = datetime.min.replace(tzinfo=UTC)
         self._td_id = SpiffeId.for_trust_domain(trust_domain)
+        self._members: _BundleMembers | None = None  # memo of _bundle_members; see there
 
     # ----- creation and loading -----
 
@@ -371,6 +391,7 @@ class CertificateAuthority:
         return ca
 
     def _apply_metadata(self, doc: dict[str, Any]) -> None:
+        self._members = None
         s = self._store
         self._stamp = s.metadata_stamp()
         try:
@@ -436,6 +457,7 @@ class CertificateAuthority:
             "bundle_sequence": self._bundle_sequence,
             "bundle_digest": self._bundle_digest,
         }
+        self._members = None
         self._store.write_metadata(doc)
         self._stamp = self._store.metadata_stamp()
         self._next_check = datetime.min.replace(tzinfo=UTC)
@@ -628,7 +650,15 @@ class CertificateAuthority:
 
     # ----- trust bundle -----
 
-    def _bundle_members(self, now: datetime) -> tuple[list[x509.Certificate], dict[str, PublicKey]]:
+    def _bundle_members(self, now: datetime) -> _BundleMembers:
+        """The roots and JWT keys `bundle()` holds at `now`, memoised until the next deadline.
+
+        Every state change (`_save`, `_apply_metadata`, the start of a rotation) drops the
+        memo, so it only saves recomputing the same answer on every request.
+        """
+        members = self._members
+        if members is not None and members.fresh_at(now):
+            return members
         roots: list[x509.Certificate] = []
         for state in ("active", "prepared", "retired"):
             for r in self._roots:
@@ -639,7 +669,17 @@ class CertificateAuthority:
             for k in self._jwt_keys:
                 if k.state == state and self._jwt_key_still_needed(k, now):
                     jwt_keys[k.kid] = k.key.public_key()
-        return roots, jwt_keys
+        # Membership can next change when a certificate expires or a retired JWT key's
+        # grace period ends (conservatively: any of them); recompute from then on.
+        deadlines = [r.cert.not_valid_after_utc for r in self._roots]
+        deadlines += [i.cert.not_valid_after_utc for i in self._intermediates]
+        deadlines += [k.retired_at + MAX_JWT_SVID_TTL for k in self._jwt_keys if k.retired_at is not None]
+        valid_until = min((t for t in deadlines if t > now), default=datetime.max.replace(tzinfo=UTC))
+        parts = sorted(spki_fingerprint(c) + c.serial_number.to_bytes(20, "big").hex() for c in roots)
+        parts += sorted("kid:" + kid for kid in jwt_keys)
+        digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        self._members = _BundleMembers(now, valid_until, tuple(roots), jwt_keys, digest)
+        return self._members
 
     def _root_still_needed(self, root: _Root, now: datetime) -> bool:
         if root.state != "retired":
@@ -657,10 +697,7 @@ class CertificateAuthority:
         return now < key.retired_at + MAX_JWT_SVID_TTL
 
     def _bundle_contents_digest(self, now: datetime) -> str:
-        roots, jwt_keys = self._bundle_members(now)
-        parts = sorted(spki_fingerprint(c) + c.serial_number.to_bytes(20, "big").hex() for c in roots)
-        parts += sorted("kid:" + kid for kid in jwt_keys)
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return self._bundle_members(now).digest
 
     def bundle(self) -> TrustBundle:
         """Every root that still anchors a valid SVID, plus the JWT keys; B-05 sequence bumps on change."""
@@ -675,8 +712,10 @@ class CertificateAuthority:
                     self._bundle_digest = digest
                     self._save()
                     log.info("bundle_changed", trust_domain=self.trust_domain, sequence=self._bundle_sequence)
-        roots, jwt_keys = self._bundle_members(now)
-        return TrustBundle(self.trust_domain, roots, jwt_keys, self._bundle_sequence)
+        members = self._bundle_members(now)
+        return TrustBundle(
+            self.trust_domain, list(members.roots), dict(members.jwt_keys), self._bundle_sequence
+        )
 
     def fingerprint(self) -> str:
         """`sha256:<hex>` of the active (signing) root's DER SubjectPublicKeyInfo."""
@@ -703,6 +742,7 @@ class CertificateAuthority:
         """
         now = self._now()
         with self._store.locked():
+            self._members = None  # whatever happens below, bundle() recomputes
             self._sync()
             rotated = False
             prepared = [r for r in self._roots if r.state == "prepared"]
@@ -794,6 +834,7 @@ class CertificateAuthority:
             raise ValueError("overlap cannot be negative")
         now = self._now()
         with self._store.locked():
+            self._members = None  # whatever happens below, bundle() recomputes
             self._sync()
             if any(r.state == "prepared" for r in self._roots):
                 raise CaError("a root rotation is already in progress; wait until the new root is active")

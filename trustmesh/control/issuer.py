@@ -28,7 +28,7 @@ from trustmesh.ca import CertificateAuthority, CsrRejected, IssuedX509Svid, chec
 from trustmesh.ca.join_token import DEFAULT_JOIN_TOKEN_TTL, InvalidJoinToken, JoinToken, secret_matches
 from trustmesh.clock import Clock
 from trustmesh.control.errors import TOKEN_REJECTED_DETAIL, ApiError
-from trustmesh.identity import SpiffeId, SvidError, validate_x509_svid
+from trustmesh.identity import SpiffeId, SvidError, TrustBundle, validate_x509_svid
 from trustmesh.store import (
     CaKeyRecord,
     IssuedSvidRecord,
@@ -47,6 +47,9 @@ JWT_SVIDS_ISSUED = Counter("trustmesh_jwt_svids_issued", "JWT-SVIDs issued by th
 # A JWT-SVID names its audiences; a handful is plenty, and a cap keeps tokens small.
 MAX_AUDIENCES = 16
 MAX_AUDIENCE_LEN = 2048
+# Validated caller chains remembered (see `_ValidatedChains`): more than the workloads
+# that renew within one SVID lifetime on a busy control plane; the oldest go first.
+MAX_VALIDATED_CHAINS = 4096
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,41 @@ def serial_text(serial: int) -> str:
     return format(serial, "x")
 
 
+class _ValidatedChains:
+    """Caller chains that passed `validate_x509_svid`, so a kept-alive caller is not re-verified per request.
+
+    Path validation (signatures, CA flags, name chaining, SPIFFE leaf rules) depends
+    only on the chain and the roots; time is the one input that changes. So an entry is
+    keyed by the chain and the bundle's roots exactly (a root leaving the bundle misses),
+    and a hit still checks the current time against every certificate's validity. Only
+    a time strictly inside all validity periods is answered from memory; anything at or
+    past an edge goes through `validate_x509_svid` again, which raises the exact error.
+    """
+
+    def __init__(self, max_entries: int = MAX_VALIDATED_CHAINS) -> None:
+        self._max = max_entries
+        self._entries: dict[
+            tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]],
+            tuple[SpiffeId, datetime, datetime],
+        ] = {}
+
+    def validate(self, chain: Sequence[x509.Certificate], bundle: TrustBundle, now: datetime) -> SpiffeId:
+        key = (tuple(chain), tuple(bundle.x509_authorities))
+        hit = self._entries.get(key)
+        if hit is not None:
+            spiffe_id, not_before, not_after = hit
+            if not_before < now < not_after:
+                return spiffe_id
+        spiffe_id = validate_x509_svid(chain, bundle, now)
+        if hit is None:
+            if len(self._entries) >= self._max:
+                del self._entries[next(iter(self._entries))]
+            not_before = max(c.not_valid_before_utc for c in chain)
+            not_after = min(c.not_valid_after_utc for c in chain)
+            self._entries[key] = (spiffe_id, not_before, not_after)
+        return spiffe_id
+
+
 class Issuer:
     """Decides who gets which identity; owns no keys (the CA does) and no rows (the store does)."""
 
@@ -93,6 +131,8 @@ class Issuer:
         self.store = store
         self.clock = clock
         self.svid_ttl = svid_ttl
+        self._validated = _ValidatedChains()
+        self._bundle_pem: tuple[tuple[x509.Certificate, ...], str] = ((), "")
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -215,7 +255,7 @@ class Issuer:
         if not peer_chain:
             raise ApiError(401, "unauthenticated", "this endpoint needs a client certificate (mutual TLS)")
         try:
-            return validate_x509_svid(peer_chain, self.ca.bundle(), self.clock.now())
+            return self._validated.validate(peer_chain, self.ca.bundle(), self.clock.now())
         except SvidError as exc:
             log.warning("svid_auth_refused", reason=exc.reason, detail=str(exc))
             raise ApiError(403, "svid_rejected", f"client SVID rejected: {exc}") from exc
@@ -237,10 +277,18 @@ class Issuer:
         return IssuedResponse(
             spiffe_id=str(spiffe_id),
             svid_pem=issued.chain_pem().decode("ascii"),
-            bundle_pem=self.ca.bundle().to_pem().decode("ascii"),
+            bundle_pem=self._current_bundle_pem(),
             expires_at=issued.not_after,
             serial=serial,
         )
+
+    def _current_bundle_pem(self) -> str:
+        """The bundle's roots as PEM, encoded again only when the roots change."""
+        bundle = self.ca.bundle()
+        roots = tuple(bundle.x509_authorities)
+        if roots != self._bundle_pem[0]:
+            self._bundle_pem = (roots, bundle.to_pem().decode("ascii"))
+        return self._bundle_pem[1]
 
     def _token_refused(self, reason: str, token_id: str | None, detail: str = "") -> NoReturn:
         log.warning("join_refused", reason=reason, token_id=token_id, detail=detail)
