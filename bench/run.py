@@ -101,7 +101,8 @@ def _cmd_version(cmd: list[str]) -> str:
     except (OSError, subprocess.SubprocessError):
         return "not installed"
     text = (done.stdout + done.stderr).strip().splitlines()
-    return next((line.strip() for line in text if re.search(r"\d+\.\d+", line)), "unknown")
+    line = next((line.strip() for line in text if re.search(r"\d+\.\d+", line)), "unknown")
+    return line.split(" Copyright")[0]  # wrk prints its copyright on the version line
 
 
 def machine() -> list[str]:
@@ -116,8 +117,9 @@ def machine() -> list[str]:
         pass
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip()
     return [
-        f"- `uname -a`: `{' '.join(platform.uname())}`",
+        f"- `uname -a`: `{uname}`",
         f"- CPUs: {nproc} (`nproc`; {os.cpu_count()} in the machine), model: {cpu}",
         f"- load average at start: {load}",
         f"- Python {platform.python_version()}, {ssl.OPENSSL_VERSION} (Python's `ssl`)",
@@ -137,7 +139,7 @@ class Section:
     seconds: float
 
 
-def run_sidecar(quick: bool, missing_tools: list[str]) -> Section:
+def run_sidecar(quick: bool, missing_tools: list[str], pin: bool) -> Section:
     from bench import sidecar_bench
 
     t0 = time.monotonic()
@@ -145,7 +147,7 @@ def run_sidecar(quick: bool, missing_tools: list[str]) -> Section:
         return Section("sidecar", "failed", f"missing tools: {', '.join(missing_tools)} (run as root to "
                        "install them)\n", 0.0)
     try:
-        result = sidecar_bench.run(quick)
+        result = sidecar_bench.run(quick, pin=pin)
     except Exception:
         # The boundary of one section: whatever broke, the other sections still run and the
         # report shows this one as failed with its traceback, rather than the run dying silently.
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=SECTIONS, help="only this section (repeatable)")
     parser.add_argument("--output", type=Path, help="where to write the report (default docs/benchmarks.md; "
                         "a temporary file with --quick)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="sidecar section: let the scheduler place clients and servers (default: pinned)")
     args = parser.parse_args(argv)
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every `finally` stops what it started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -239,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         if name not in wanted:
             continue
         _say(f"section {name}: running")
-        section = run_sidecar(args.quick, missing) if name == "sidecar" else run_module(name, args.quick)
+        if name == "sidecar":
+            section = run_sidecar(args.quick, missing, pin=not args.no_pin)
+        else:
+            section = run_module(name, args.quick)
         _say(f"section {name}: {section.status} in {section.seconds:.0f} s")
         sections.append(section)
     write_doc(output, sections, command, started)
