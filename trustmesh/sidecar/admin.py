@@ -7,6 +7,7 @@
   GET  /metrics   Prometheus text from the process's own registry
   GET  /config    the effective configuration, without secrets (never the join token)
   POST /shutdown  drain and exit, for jobs whose app has finished
+  POST /renew     renew the SVID now (an operator rotating by hand, and rotation tests)
 
 It is not the hot path, so it is a small h11 loop: one request per connection, a short
 deadline and a head-size cap so a stuck or hostile client cannot hold it. No framework:
@@ -47,6 +48,10 @@ class AdminSource(Protocol):
     def svid_info(self) -> SvidInfo | None: ...
 
     def effective_config(self) -> Mapping[str, Any]: ...
+
+    def renew_soon(self) -> None:
+        """Ask the identity lifecycle to renew now rather than at half-life."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class AdminServer:
             "/metrics": ("GET", self._metrics),
             "/config": ("GET", lambda: _json(200, self._source.effective_config())),
             "/shutdown": ("POST", self._do_shutdown),
+            "/renew": ("POST", self._do_renew),
         }
         if path not in routes:
             return _json(404, {"error": "not_found", "detail": f"no admin endpoint {path}"})
@@ -133,6 +139,12 @@ class AdminServer:
     def _do_shutdown(self) -> _Reply:
         self._shutdown("admin /shutdown")
         return _json(202, {"status": "draining"})
+
+    def _do_renew(self) -> _Reply:
+        if self._source.svid_info() is None:
+            return _json(503, {"error": "no_svid", "detail": "no SVID yet"})
+        self._source.renew_soon()
+        return _json(202, {"status": "renewing"})
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)

@@ -106,6 +106,9 @@ class _State:
     def svid_info(self) -> SvidInfo | None:
         return self.identity.svid_info()
 
+    def renew_soon(self) -> None:
+        self.identity.renew_soon()
+
     def effective_config(self) -> Mapping[str, Any]:
         doc = effective_config(self.cfg)
         info = self.identity.svid_info()
