@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ _PG_CTL_TIMEOUT_S = 60
 
 
 class PgClusterUnavailable(RuntimeError):
-    """PostgreSQL server binaries are missing or the cluster would not start; the message says how to fix it."""
+    """The server binaries are missing or the cluster would not start; the message says how to fix it."""
 
 
 def find_bin_dir() -> Path:
@@ -212,8 +213,37 @@ def _initdb(bin_dir: Path, base_dir: Path, as_postgres: bool) -> None:
 
 
 @contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM (a CI timeout, `kill`) into KeyboardInterrupt while a cluster runs.
+
+    pg_ctl daemonises the server, so it would outlive a test process killed by SIGTERM's
+    default action; as KeyboardInterrupt, pytest unwinds its fixtures and our `finally` stops it.
+    Only installed from the main thread and only over the default handler.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def running_cluster() -> Iterator[PgCluster]:
     """Start a fresh cluster with an app role `trustmesh` (random password); stop and delete it afterwards."""
+    with _sigterm_unwinds():
+        yield from _running_cluster()
+
+
+def _running_cluster() -> Iterator[PgCluster]:
     bin_dir = find_bin_dir()
     as_postgres = os.geteuid() == 0
     base_dir = Path(tempfile.mkdtemp(prefix="trustmesh-pg-"))
