@@ -281,3 +281,18 @@ def test_renewal_time_is_half_life_with_bounded_jitter() -> None:
     assert start + timedelta(seconds=1.8) <= at <= start + timedelta(seconds=2.2)
     delays = [backoff_delay(n, rng) for n in range(40)]
     assert all(0 <= d <= 30 for d in delays)
+
+
+async def test_persisted_svid_that_no_longer_validates_is_not_used(
+    mock_clock: trio.testing.MockClock, tmp_path: Path, cp: FakeControlPlane, clock: TrioTimeClock
+) -> None:
+    data_dir = tmp_path / "data"
+    await _lifecycle(data_dir, cp, clock).start(_token(cp))
+    # A bundle from another CA (a restored backup from elsewhere, say): the chain no longer validates.
+    other = CertificateAuthority.init(tmp_path / "other-ca", "example.org", clock=clock)
+    svid_files.save_bundle(data_dir, other.bundle().to_pem())
+    with pytest.raises(NoIdentity, match="unusable"):
+        await _lifecycle(data_dir, cp, clock).start(None)
+    life = _lifecycle(data_dir, cp, clock)
+    await life.start(_token(cp))
+    assert life.serving() and cp.joins == 2

@@ -12,13 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import trio
-
 from trustmesh.ca.join_token import InvalidJoinToken, JoinToken
 from trustmesh.cli.errors import CliError
 from trustmesh.durations import parse_duration
-from trustmesh.sidecar.app import Sidecar, SidecarFailed
-from trustmesh.sidecar.bootstrap import ControlPlaneClient
 from trustmesh.sidecar.config import (
     HostPort,
     InboundConfig,
@@ -28,6 +24,9 @@ from trustmesh.sidecar.config import (
     StaticEndpoint,
 )
 from trustmesh.tracing.logs import configure_logging
+
+# The sidecar process itself (trio, TLS, proxies, the control-plane client) is imported in
+# `run` only: `trustmesh --help` and every other command should not pay its memory.
 
 T = TypeVar("T")
 
@@ -108,9 +107,12 @@ def _parse_each(flag: str, values: list[str], parse: Callable[[str], T]) -> tupl
 
 def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     """Parse and cross-check every flag; raise CliError naming the first bad one."""
+    from trustmesh.sidecar.bootstrap import check_url
+
     urls = tuple(args.control_plane)
     try:
-        ControlPlaneClient(urls)
+        for url in urls:
+            check_url(url)
     except ValueError as err:
         raise CliError(f"--control-plane: {err}") from err
     if args.join_token is not None:
@@ -160,6 +162,10 @@ def _duration(flag: str, text: str) -> timedelta:
 
 
 def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from trustmesh.sidecar.app import Sidecar, SidecarFailed
+
     cfg = config_from_args(args)
     configure_logging(args.log_level, args.log_format)
     sidecar = Sidecar(cfg)

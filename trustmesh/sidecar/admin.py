@@ -154,7 +154,11 @@ class AdminServer:
                     request = await _read_request(conn, stream)
                 except h11.RemoteProtocolError as err:
                     reply = _json(err.error_status_hint, {"error": "bad_request", "detail": str(err)})
-                    await _send(conn, stream, reply, head_only=False)
+                    try:
+                        await _send(conn, stream, reply, head_only=False)
+                        await _lingering_close(stream)
+                    except (trio.BrokenResourceError, h11.LocalProtocolError):
+                        pass  # the client is gone, or h11 cannot frame an answer: just close
                     return
                 except trio.BrokenResourceError:
                     return
@@ -197,3 +201,19 @@ async def _send(conn: h11.Connection, stream: trio.SocketStream, reply: _Reply, 
         out += conn.send(h11.Data(data=reply.body))
     out += conn.send(h11.EndOfMessage())
     await stream.send_all(out)
+
+
+async def _lingering_close(stream: trio.SocketStream) -> None:
+    """Half-close, then discard what the client is still sending, for a moment.
+
+    Closing with unread bytes in the receive buffer makes the kernel send a reset, which
+    can destroy the error response before the client has read it (RFC 9112, 9.6).
+    """
+    await stream.send_eof()
+    discarded = 0
+    with trio.move_on_after(1.0):
+        while discarded < 1024 * 1024:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            discarded += len(chunk)

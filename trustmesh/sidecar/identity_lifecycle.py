@@ -42,7 +42,9 @@ from trustmesh.ca.join_token import JoinToken
 from trustmesh.clock import Clock
 from trustmesh.control.join_client import Svid
 from trustmesh.identity.bundle import TrustBundle
+from trustmesh.identity.errors import SvidError
 from trustmesh.identity.spiffe_id import SpiffeId
+from trustmesh.identity.x509_svid import validate_x509_svid
 from trustmesh.sidecar import svid_files, tls
 from trustmesh.sidecar.bootstrap import ControlPlaneError, ControlPlaneRejected
 
@@ -236,8 +238,19 @@ class IdentityLifecycle:
         sidecar may well start before it) until the caller cancels.
         """
         await trio.to_thread.run_sync(svid_files.prepare_data_dir, self._data_dir)
-        persisted = await trio.to_thread.run_sync(svid_files.load, self._data_dir)
         now = self._clock.now()
+        try:
+            persisted = await trio.to_thread.run_sync(svid_files.load, self._data_dir)
+            if persisted is not None and now < persisted.chain[0].not_valid_after_utc:
+                _check_persisted(persisted, now)
+        except (svid_files.PersistedSvidError, SvidError, ValueError) as err:
+            # Never serve with an identity we cannot vouch for; a token can replace it.
+            if join_token is None:
+                raise NoIdentity(
+                    f"the SVID in {self._data_dir} is unusable ({err}) and no --join-token was given"
+                ) from err
+            log.warning("persisted_svid_unusable", data_dir=str(self._data_dir), error=str(err))
+            persisted = None
         if persisted is not None and now < persisted.chain[0].not_valid_after_utc:
             await self._install(persisted.key, persisted.chain, persisted.bundle_pem, save=False)
             # A restart renews straight away: the persisted SVID may be close to expiry,
@@ -485,6 +498,17 @@ class IdentityLifecycle:
         if self._contexts is None:
             raise RuntimeError("no TLS contexts yet: start() has not completed")
         return self._contexts
+
+
+def _check_persisted(persisted: svid_files.PersistedSvid, now: datetime) -> None:
+    """The persisted chain must still be a valid X.509-SVID under the persisted bundle.
+
+    The files are ours and 0600, but a restored backup, a half-finished manual edit or a
+    bundle from another deployment must not come back to life as our identity.
+    """
+    spiffe_id = leaf_spiffe_id(persisted.chain[0])
+    bundle = TrustBundle.from_pem(spiffe_id.trust_domain, persisted.bundle_pem)
+    validate_x509_svid(list(persisted.chain), bundle, now)
 
 
 def _rfc3339(when: datetime) -> str:
