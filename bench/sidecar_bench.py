@@ -443,6 +443,12 @@ def markdown(run_: Run) -> str:
             f"| {', '.join(f'{v:.0f}' for v in r.conns_rounds) or '—'} |"
         )
 
+    direct_p99 = p(d, 99)
+    if direct_p99 is not None and direct_p99 > TARGET_P99_ADDED_MS:
+        out += ["", f"Note: direct's own p99 was {direct_p99:.3f} ms, more than the whole latency budget: "
+                "on this run the machine's scheduling noise (other work on the same cores) is larger than "
+                "what is being measured, so the p99 verdict can flip from run to run. Compare p50, and p99 "
+                "from a quiet machine."]
     problems = [f"- {r.leg.name}: {msg}" for r in run_.results for msg in r.problems]
     if problems:
         out += ["", "Problems seen during the run (figures above include them):", "", *problems]
