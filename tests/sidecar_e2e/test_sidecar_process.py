@@ -70,7 +70,8 @@ def test_request_crosses_both_sidecars_with_the_callers_identity(tmp_path: Path)
         status, body = web.admin_get("/metrics")
         assert status == 200
         assert b"trustmesh_sidecar_info{" in body
-        assert b"trustmesh_svid_expiry_timestamp_seconds" in body
+        assert b'trustmesh_cert_expiry_timestamp_seconds{kind="svid"' in body
+        assert b'kind="trust_anchor"' in body
 
         # /live and wrong methods.
         assert web.admin_get("/live")[0] == 200

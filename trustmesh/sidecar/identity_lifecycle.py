@@ -133,9 +133,11 @@ class LifecycleMetrics:
     """The lifecycle's Prometheus series, registered in the process's own registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.svid_expiry = Gauge(
-            "trustmesh_svid_expiry_timestamp_seconds",
-            "Unix time at which the current X.509-SVID expires.",
+        # Named and labelled as docs/observability.md lists it (shared with the control plane).
+        self.cert_expiry = Gauge(
+            "trustmesh_cert_expiry_timestamp_seconds",
+            "Unix time at which a certificate in use expires (our SVID, each trust anchor).",
+            ["kind", "trust_domain", "spiffe_id", "serial"],
             registry=registry,
         )
         self.renewals = Counter(
@@ -148,6 +150,19 @@ class LifecycleMetrics:
             "trustmesh_sidecar_serving",
             "1 while the sidecar holds a valid SVID and accepts connections, 0 when failed closed.",
             registry=registry,
+        )
+
+
+def _show_certificates(metrics: LifecycleMetrics, info: SvidInfo, bundle: TrustBundle) -> None:
+    """Replace the expiry series: the old SVID's serial must not linger after a rotation."""
+    td = info.spiffe_id.trust_domain
+    metrics.cert_expiry.clear()
+    metrics.cert_expiry.labels("svid", td, str(info.spiffe_id), format(info.serial, "x")).set(
+        info.not_after.timestamp()
+    )
+    for root in bundle.x509_authorities:
+        metrics.cert_expiry.labels("trust_anchor", td, "", format(root.serial_number, "x")).set(
+            root.not_valid_after_utc.timestamp()
         )
 
 
@@ -444,7 +459,7 @@ class IdentityLifecycle:
         self._info = info
         self._renew_at = renewal_time(self._clock.now(), info.not_after, self._rng)
         if self._metrics:
-            self._metrics.svid_expiry.set(info.not_after.timestamp())
+            _show_certificates(self._metrics, info, bundle)
             self._metrics.serving.set(1 if self.serving() else 0)
 
     async def _install_bundle(self, bundle_pem: bytes) -> None:
@@ -463,6 +478,8 @@ class IdentityLifecycle:
         self._bundle = bundle
         self._bundle_pem = bundle_pem
         self._svid = dataclasses.replace(svid, bundle_pem=bundle_pem)
+        if self._metrics:
+            _show_certificates(self._metrics, info, bundle)
         log.info(
             "bundle_updated", trust_domain=info.spiffe_id.trust_domain, roots=len(bundle.x509_authorities)
         )
