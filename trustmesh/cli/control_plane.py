@@ -12,6 +12,7 @@ from trustmesh.ca import DEFAULT_X509_SVID_TTL
 from trustmesh.cli._common import add_state_dir, duration_flag, load_ca
 from trustmesh.cli.errors import CliError
 from trustmesh.clock import SystemClock
+from trustmesh.control.gui.listener import DEFAULT_GUI_LISTEN, GuiListener, RemoteGuiRefused
 from trustmesh.control.policy_service import DEFAULT_POLICY_POLL, PolicyService
 from trustmesh.control.server import ControlPlane, parse_listen
 from trustmesh.durations import format_duration
@@ -44,6 +45,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=format_duration(DEFAULT_POLICY_POLL),
         help=f"how often to look for a new policy revision (default {format_duration(DEFAULT_POLICY_POLL)})",
     )
+    parser.add_argument(
+        "--gui",
+        nargs="?",
+        const=DEFAULT_GUI_LISTEN,
+        metavar="HOST:PORT",
+        help=f"serve the web GUI and an OTLP/HTTP trace receiver (/v1/traces) on plain HTTP "
+        f"(--gui alone: {DEFAULT_GUI_LISTEN}); see docs/gui.md",
+    )
+    parser.add_argument(
+        "--gui-allow-remote",
+        action="store_true",
+        help="allow --gui on a non-loopback address; the GUI has no authentication of its own, "
+        "so put an authenticating reverse proxy in front of it",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=_run)
 
@@ -65,6 +80,20 @@ def _policy_service(args: argparse.Namespace) -> PolicyService | None:
     return PolicyService(PolicyWatcher(source, SystemClock()), poll)
 
 
+def _gui(args: argparse.Namespace) -> GuiListener | None:
+    if args.gui is None:
+        if args.gui_allow_remote:
+            raise CliError("--gui-allow-remote needs --gui HOST:PORT")
+        return None
+    try:
+        host, port = parse_listen(args.gui)
+        return GuiListener(host, port, allow_remote=args.gui_allow_remote)
+    except RemoteGuiRefused as exc:
+        raise CliError(str(exc)) from exc
+    except ValueError as exc:
+        raise CliError(f"--gui: {exc}") from exc
+
+
 def _run(args: argparse.Namespace) -> int:
     configure_logging(level=args.log_level)
     try:
@@ -78,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         port=port,
         svid_ttl=duration_flag(args.svid_ttl, "--svid-ttl"),
         policy=_policy_service(args),
+        gui=_gui(args),
     )
     try:
         trio.run(_serve, control_plane)

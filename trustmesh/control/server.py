@@ -31,6 +31,7 @@ from hypercorn.typing import ConnectionState
 from trustmesh.ca import CertificateAuthority
 from trustmesh.clock import Clock, SystemClock
 from trustmesh.control.app import PEER_CHAIN, build_app
+from trustmesh.control.gui.listener import GuiListener
 from trustmesh.control.issuer import Issuer, record_ca_keys
 from trustmesh.control.policy_service import PolicyService
 from trustmesh.control.tls import ServerTls, peer_chain
@@ -70,6 +71,8 @@ class ControlPlane:
     store_url: str | None = None
     rotation_check: timedelta = DEFAULT_ROTATION_CHECK
     policy: PolicyService | None = None
+    # The web GUI and OTLP receiver on their own plain-HTTP listener (trustmesh/control/gui).
+    gui: GuiListener | None = None
     ca: CertificateAuthority | None = field(default=None, init=False)
     store: Store | None = field(default=None, init=False)
     issuer: Issuer | None = field(default=None, init=False)
@@ -135,6 +138,8 @@ class ControlPlane:
             async with trio.open_nursery() as main:
                 if self.policy is not None:
                     await main.start(self.policy.run)
+                if self.gui is not None:
+                    await main.start(self.gui.serve, self)
                 main.start_soon(lambda: trio.serve_listeners(handle, listeners, handler_nursery=connections))
                 main.start_soon(self._rotation_loop)
                 log.info("control_plane_ready", listen=self.listen_address, state_dir=str(self.state_dir))
