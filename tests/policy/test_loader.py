@@ -45,8 +45,8 @@ kind: TrafficPolicy
 metadata: {name: api-timeouts}
 spec:
   service: spiffe://example.org/ns/default/sa/api
-  timeout: 2s
-  retries: {attempts: 3, budget: 0.2}
+  timeouts: {request: 2s}
+  retries: {maxAttempts: 3, budget: {percent: 20}}
 """,
             "deny.yml": authz("action: DENY\nrules:\n  - to: {paths: ['/admin']}\n").replace(
                 "name: p", "name: d"
@@ -60,7 +60,8 @@ spec:
     assert [(p.name, p.action) for p in result.authorization] == [("d", Action.DENY), ("p", Action.ALLOW)]
     (traffic,) = result.traffic
     assert traffic.service == "spiffe://example.org/ns/default/sa/api"
-    assert traffic.settings == {"timeout": "2s", "retries": {"attempts": 3, "budget": 0.2}}
+    assert traffic.settings == {"timeouts": {"request": "2s"}, "retries": {"maxAttempts": 3, "budget": {"percent": 20}}}
+    assert (traffic.spec.request_timeout, traffic.spec.max_attempts, traffic.spec.budget_percent) == (2.0, 3, 20.0)
     assert traffic.location.line == 12  # the metadata.name line of the second document
 
 
@@ -135,7 +136,7 @@ spec:
         (authz("action: ALLOW\naction: DENY\nrules: [{}]\n"), [(7, "spec: duplicate field 'action'")]),
         ("- just\n- a list\n", [(1, "document: expected a mapping, got a list")]),
         (
-            "apiVersion: trustmesh.dev/v1\nkind: TrafficPolicy\nmetadata: {name: t}\nspec: {timeout: 2s}\n",
+            "apiVersion: trustmesh.dev/v1\nkind: TrafficPolicy\nmetadata: {name: t}\nspec: {timeouts: {request: 2s}}\n",
             [(4, "spec: missing field 'service'")],
         ),
     ],

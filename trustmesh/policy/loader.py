@@ -27,6 +27,8 @@ from trustmesh.policy.model import (
     TrafficPolicy,
 )
 from trustmesh.policy.paths import AmbiguousPath, normalize_path
+from trustmesh.policy.traffic import SPEC_FIELDS as _TRAFFIC_SPEC
+from trustmesh.policy.traffic import read_traffic_spec
 from trustmesh.policy.yamltree import Field, NodeReader, compose_documents, line_of
 
 __all__ = [
@@ -105,6 +107,7 @@ def load_revision(
     authorization: list[AuthorizationPolicy] = []
     traffic: list[TrafficPolicy] = []
     first_seen: dict[tuple[str, str], Location] = {}
+    traffic_for: dict[str, Location] = {}
     policy_files = sorted(path for path in files if is_policy_file(path))
     for path in policy_files:
         try:
@@ -125,6 +128,16 @@ def load_revision(
                     f"duplicate {kind} name {loaded.name!r} (first defined at {earlier})",
                 )
                 continue
+            if isinstance(loaded, TrafficPolicy):
+                # Two sets of settings for one service would make the outcome depend on file order.
+                other = traffic_for.get(loaded.service)
+                if other is not None:
+                    reader.problem(
+                        loaded.location.line,
+                        f"a TrafficPolicy for {loaded.service} is already defined at {other}",
+                    )
+                    continue
+                traffic_for[loaded.service] = loaded.location
             first_seen[(kind, loaded.name)] = loaded.location
             if isinstance(loaded, AuthorizationPolicy):
                 authorization.append(loaded)
@@ -336,9 +349,9 @@ def _ports(reader: NodeReader, node: yaml.Node, where: str) -> tuple[int, ...] |
 
 
 def _traffic(reader: NodeReader, entry: Field, name: str | None, location: Location) -> TrafficPolicy | None:
-    """Reserved kind (issue 5): validate the envelope, keep the rest of `spec` as data."""
+    """Timeouts, retries, outlier detection and balancing for calls to `spec.service`."""
     spec = reader.mapping(
-        entry.value, "spec", allowed=None, required=frozenset({"service"}), owner_line=entry.key_line
+        entry.value, "spec", allowed=_TRAFFIC_SPEC, required=frozenset({"service"}), owner_line=entry.key_line
     )
     if spec is None:
         return None
@@ -353,9 +366,10 @@ def _traffic(reader: NodeReader, entry: Field, name: str | None, location: Locat
                     line_of(spec["service"].value), f"spec.service: bad SPIFFE ID {service!r}: {exc}"
                 )
                 service = None
+    typed = read_traffic_spec(reader, spec)
     settings: dict[str, JsonValue] = {
         key: reader.plain(entry.value, f"spec.{key}") for key, entry in spec.items() if key != "service"
     }
     if name is None or service is None:
         return None
-    return TrafficPolicy(name, service, settings, location)
+    return TrafficPolicy(name, service, settings, location, typed)

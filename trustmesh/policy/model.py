@@ -24,6 +24,7 @@ __all__ = [
     "Revision",
     "Rule",
     "TrafficPolicy",
+    "TrafficSpec",
 ]
 
 API_VERSION = "trustmesh.dev/v1"
@@ -149,18 +150,42 @@ class AuthorizationPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class TrafficPolicy:
-    """`kind: TrafficPolicy`: reserved for issue 5 (per-service timeouts, retries, breakers).
+class TrafficSpec:
+    """The validated settings of a TrafficPolicy (`trustmesh.policy.traffic` reads them).
 
-    Only the envelope is validated today (`metadata.name`, `spec.service` as an exact
-    SPIFFE ID). The rest of `spec` is kept verbatim in `settings` so that repositories
-    can carry these documents before the traffic-management code interprets them.
+    None means "absent from the file": the sidecar's default applies
+    (`trustmesh.sidecar.traffic_settings`). Durations are in seconds.
+    """
+
+    request_timeout: float | None = None
+    connect_timeout: float | None = None
+    max_attempts: int | None = None
+    budget_percent: float | None = None
+    budget_min_per_second: float | None = None
+    budget_window: float | None = None
+    retry_on_connection_failure: bool | None = None
+    retry_statuses: frozenset[int] | None = None
+    consecutive_failures: int | None = None
+    base_ejection: float | None = None
+    max_ejection: float | None = None
+    max_ejected_percent: int | None = None
+    load_balancer: str | None = None  # "P2C_EWMA" or "ROUND_ROBIN"
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    """`kind: TrafficPolicy`: timeouts, retries, outlier detection and balancing for the
+    calls to one service (`spec.service`, the SPIFFE ID of its workloads).
+
+    `spec` is the validated form; `settings` keeps the file's `spec` (less `service`)
+    verbatim, for `GET /v1/policy`.
     """
 
     name: str
     service: str
     settings: Mapping[str, JsonValue]
     location: Location
+    spec: TrafficSpec = TrafficSpec()
 
     def to_json(self) -> dict[str, JsonValue]:
         return {
