@@ -185,6 +185,6 @@ def _retry_on(reader: NodeReader, node: yaml.Node) -> tuple[bool | None, frozens
         elif isinstance(value, int) and not isinstance(value, bool) and 500 <= value <= 599:
             statuses.add(value)
         else:
-            shown = repr(item.value) if isinstance(item, yaml.ScalarNode) else "a nested value"
+            shown = repr(value) if isinstance(item, yaml.ScalarNode) else "a nested value"
             reader.problem(line_of(item), f"{where}: {shown} is not connection-failure or a 5xx status code")
     return on_failure, frozenset(statuses)

@@ -48,6 +48,22 @@ class DownstreamGone(Exception):
     """The downstream closed or reset in the middle of an exchange."""
 
 
+class ResponseRefused(Exception):
+    """`accept` declined the final response head (outbound: a status it will retry).
+
+    Nothing of that response went downstream; the upstream connection is mid-response
+    and must be closed.
+    """
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"response {status} refused")
+        self.status = status
+
+
+# accept(status) -> True to relay this final response downstream, False to refuse it.
+Accept = Callable[[int], bool]
+
+
 @dataclass(slots=True)
 class Outcome:
     """How an exchange ended, for the connection loops to decide on reuse."""
@@ -66,12 +82,15 @@ async def relay(
     *,
     max_head_bytes: int,
     closing: Callable[[], bool],
+    accept: Accept | None = None,
 ) -> Outcome:
     """Send `head_bytes` and the body of `head` (from `parser`/`down`) to `up`; relay the answer.
 
     `closing()` is asked when the response head is written (a drain may begin while the
     request is in flight): True adds `connection: close` and ends the downstream connection.
-    Raises `UpstreamFailed`, `DownstreamGone`, or `HttpError` (a broken request body).
+    `accept(status)`, if given, is asked just before the final response head is written.
+    Raises `UpstreamFailed`, `DownstreamGone`, `ResponseRefused` (from `accept`), or
+    `HttpError` (a broken request body).
     """
     out = [head_bytes]
     complete = _take_body(parser.events, out, head.chunked)
@@ -80,11 +99,11 @@ async def relay(
     except ConnectionClosed as exc:
         raise UpstreamFailed(str(exc), response_started=False) from exc
     if complete:
-        return await _relay_response(down, up, head, max_head_bytes, closing, body_done=True)
+        return await _relay_response(down, up, head, max_head_bytes, closing, accept, body_done=True)
 
     # The body is still arriving: stream it while reading the response.
     state = _BodyState()
-    failure: list[HttpError | DownstreamGone | UpstreamFailed] = []
+    failure: list[HttpError | DownstreamGone | UpstreamFailed | ResponseRefused] = []
     outcome: Outcome | None = None
     async with trio.open_nursery() as nursery:
 
@@ -101,8 +120,8 @@ async def relay(
 
         nursery.start_soon(body)
         try:
-            outcome = await _relay_response(down, up, head, max_head_bytes, closing, body_done=True)
-        except (UpstreamFailed, DownstreamGone, HttpError) as exc:
+            outcome = await _relay_response(down, up, head, max_head_bytes, closing, accept, body_done=True)
+        except (UpstreamFailed, DownstreamGone, HttpError, ResponseRefused) as exc:
             failure.append(exc)
         nursery.cancel_scope.cancel()
     if failure:
@@ -114,6 +133,42 @@ async def relay(
         outcome.upstream_reusable = False
         outcome.downstream_keep_alive = False
     return outcome
+
+
+async def relay_whole(
+    down: Conn,
+    head: RequestHead,
+    request: bytes,
+    up: Conn,
+    *,
+    max_head_bytes: int,
+    closing: Callable[[], bool],
+    accept: Accept | None = None,
+) -> Outcome:
+    """Like `relay` for a request held whole in `request` (head and framed body): a replay."""
+    try:
+        await up.send_all(request)
+    except ConnectionClosed as exc:
+        raise UpstreamFailed(str(exc), response_started=False) from exc
+    return await _relay_response(down, up, head, max_head_bytes, closing, accept, body_done=True)
+
+
+def whole_request(head_bytes: bytes, parser: RequestParser, chunked: bool) -> bytes | None:
+    """Head and body of the current request as one buffer, if its end is already parsed.
+
+    Consumes the body events only when the request is whole; None leaves them in place.
+    """
+    events = parser.events
+    for ev in events:
+        if isinstance(ev, EndOfMessage):
+            break
+        if not isinstance(ev, bytes):
+            return None
+    else:
+        return None
+    out = [head_bytes]
+    _take_body(events, out, chunked)
+    return b"".join(out)
 
 
 class _BodyState:
@@ -171,6 +226,7 @@ async def _relay_response(
     request: RequestHead,
     max_head_bytes: int,
     closing: Callable[[], bool],
+    accept: Accept | None,
     *,
     body_done: bool,
 ) -> Outcome:
@@ -213,6 +269,8 @@ async def _relay_response(
                 if ev.interim:
                     out.append(forward_response_head(ev, "none", close=False))
                     continue
+                if accept is not None and not accept(ev.status):
+                    raise ResponseRefused(ev.status)
                 head = ev
                 framing = response_framing(ev, downstream_http11)
                 close = close or framing == "close" or closing()

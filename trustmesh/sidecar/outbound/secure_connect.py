@@ -67,12 +67,16 @@ class SecureConnector:
         # New connections whose session ticket has not been read yet (see `put`).
         self._fresh: weakref.WeakSet[Conn] = weakref.WeakSet()
 
-    async def get(self, ep: StaticEndpoint) -> tuple[Conn, bool]:
-        """(connection, reused): a pooled one if any, else a new checked one."""
+    async def get(self, ep: StaticEndpoint, connect_timeout: float | None = None) -> tuple[Conn, bool]:
+        """(connection, reused): a pooled one if any, else a new checked one.
+
+        `connect_timeout` (seconds, TCP and TLS handshake together) overrides the default
+        from `Limits`: a TrafficPolicy may set it per service.
+        """
         conn = self.pool.get(ep.address)
         if conn is not None:
             return conn, True
-        return await self.connect(ep), False
+        return await self.connect(ep, connect_timeout), False
 
     def put(self, ep: StaticEndpoint, conn: Conn) -> None:
         """Return a connection after a clean exchange, and keep its session ticket.
@@ -89,12 +93,12 @@ class SecureConnector:
                 self._sessions[ep.address] = (sock.context, session)
         self.pool.put(ep.address, conn)
 
-    async def connect(self, ep: StaticEndpoint) -> Conn:
+    async def connect(self, ep: StaticEndpoint, connect_timeout: float | None = None) -> Conn:
         context = self._identity.client_context()
         remembered = self._sessions.get(ep.address)
         session = remembered[1] if remembered is not None and remembered[0] is context else None
         try:
-            with trio.fail_after(self._connect_timeout):
+            with trio.fail_after(connect_timeout if connect_timeout is not None else self._connect_timeout):
                 sock = await connect_tcp(ep.address.host, ep.address.port)
                 tls = context.wrap_socket(sock, do_handshake_on_connect=False, session=session)
                 conn = Conn(tls)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 
 from trustmesh.sidecar.config import OutboundConfig
@@ -36,7 +38,7 @@ async def serve_tcp_connection(
             log.warning("connection_failed", listener=listener, service=cfg.service, reason="no-endpoints")
             return
         try:
-            up = await connector.connect(balancer.pick(eps))
+            up = await connector.connect(balancer.pick(eps, time.monotonic()))
         except UpstreamError:
             return  # logged by the connector
         try:

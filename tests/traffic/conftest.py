@@ -1,0 +1,29 @@
+"""Fixtures for the traffic tests: the proxy harness's CA and identities (one CA per module)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.sidecar_proxy.harness import API, WEB, Pki, StaticIdentity, make_pki  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def web(pki: Pki) -> StaticIdentity:
+    return pki.identity(WEB)
+
+
+@pytest.fixture(scope="module")
+def api(pki: Pki) -> StaticIdentity:
+    return pki.identity(API)
