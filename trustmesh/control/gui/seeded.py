@@ -224,10 +224,15 @@ def _call(
     revision: str,
     rng: random.Random,
     then: tuple[str, bytes] | None = None,
+    app_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> int:
-    """One request source -> destination through both sidecars, shaped as the sidecars record it."""
+    """One request source -> destination through both sidecars, shaped as the sidecars record it.
+
+    `app_headers` are what the calling app sent its outbound sidecar: none for a trace's first hop
+    (the sidecar starts the trace), the traceparent it received for a nested call (apps propagate).
+    """
     allowed = (source, destination, method) in {("web", "api", b"GET"), ("api", "db", b"GET")}
-    outbound = tracers[source].outbound([], method=method, target=target, service=destination)
+    outbound = tracers[source].outbound(app_headers or [], method=method, target=target, service=destination)
     with outbound:
         attempt = outbound.attempt(
             endpoint_address="127.0.0.1", endpoint_port=_PORTS[destination],
@@ -245,7 +250,9 @@ def _call(
                 if allowed:
                     time.sleep(rng.uniform(0.001, 0.004))  # the app's own work
                     if then is not None:
-                        _call(tracers, destination, then[0], method, then[1], revision, rng)
+                        received = inbound.forward_headers([])  # what app `destination` receives
+                        nested, path = then
+                        _call(tracers, destination, nested, method, path, revision, rng, app_headers=received)
                     status = 200
                     inbound.set_upstream(f"127.0.0.1:{_PORTS[destination] + 1000}")
                     inbound.finish(status, response_bytes=rng.randrange(200, 2000))

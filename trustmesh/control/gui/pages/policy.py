@@ -76,12 +76,13 @@ def explain(
 
 
 def _decision_json(
-    record: DecisionRecord, engine: PolicyEngine | None, ids: dict[str, str]
+    record: DecisionRecord, engine: PolicyEngine | None, ids: dict[str, str], services: dict[str, str]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "time": iso_from_ns(record.time_unix_nano),
         "trace_id": record.trace_id,
         "source": record.source_id,
+        "source_service": services.get(record.source_id or ""),
         "destination": record.destination,
         "method": record.method,
         "path": record.path,
@@ -118,7 +119,9 @@ async def data(sources: GuiSources, limit: int = 50) -> dict[str, Any]:
         dict(watcher.to_json()) if watcher is not None
         else {"source": None, "active": None, "last_refused": None}
     )
-    status["decisions"] = [_decision_json(r, engine, ids) for r in sources.observations.decisions(limit)]
+    # Spans arrive in per-sidecar batches, so arrival order is not time order.
+    records = sorted(sources.observations.decisions(limit), key=lambda r: r.time_unix_nano, reverse=True)
+    status["decisions"] = [_decision_json(r, engine, ids, registrations) for r in records]
     status["services"] = sorted(ids)
     return status
 
@@ -152,15 +155,15 @@ def render_status(d: dict[str, Any]) -> str:
     if active is None:
         head = '<p class="empty">No policy revision active: every workload is at default deny.</p>'
     else:
-        files = "".join(f"<li><code>{esc(f)}</code></li>" for f in active["files"])
+        files = ", ".join(f"<code>{esc(f)}</code>" for f in active["files"])
         policies = "".join(_policy_row(p) for p in active["policies"])
         head = (
-            f'<p>Active revision <code id="active-revision" title="{esc(active["revision"])}">'
+            f'<h2>Active revision</h2><p><code id="active-revision" title="{esc(active["revision"])}">'
             f'{esc(short_sha(active["revision"]))}</code> '
             f'<span id="active-message">{esc(active["message"] or "")}</span> <span class="muted">'
             f'activated {esc(active["activated_at"])} from {esc(d.get("source"))}</span></p>'
-            f"<h2>Files</h2><ul>{files}</ul>"
-            "<h2>Policies</h2><table id=policies><thead><tr><th>name</th><th>kind</th><th>action</th>"
+            f'<p class="muted">Files: {files}</p>'
+            "<table id=policies><thead><tr><th>name</th><th>kind</th><th>action</th>"
             f"<th>selects</th><th>rules</th><th>where</th></tr></thead><tbody>{policies}</tbody></table>"
         )
     refused = d.get("last_refused")
@@ -178,24 +181,25 @@ def render_status(d: dict[str, Any]) -> str:
             "the revision above stayed active</span></p>"
             f'<ul class="problems">{problems}</ul></div>'
         )
-    return head + tail
+    return f'<div class="layout-2"><div>{head}</div><div>{tail}</div></div>'
 
 
 def render_decisions(d: dict[str, Any]) -> str:
-    decisions = d["decisions"]
+    decisions = d["decisions"][:20]  # the page shows the newest 20; /api/policy has 50
     if not decisions:
         return '<p class="empty">No decisions reported yet (they come from the sidecars\' SERVER spans).</p>'
     rows = "".join(
         f'<tr class="decision" data-decision="{esc(x["decision"])}">'
         f'<td class="mono">{esc(x["time"][11:23])}</td>'
-        f"<td><code>{esc(x['source'])}</code></td><td>{esc(x['destination'])}</td>"
+        f'<td title="{esc(x["source"])}">{esc(x["source_service"] or x["source"])}</td>'
+        f"<td>{esc(x['destination'])}</td>"
         f"<td><code>{esc(x['method'])} {esc(x['path'])}</code></td>"
         f'<td><span class="badge {esc(x["decision"].lower())}">{esc(x["decision"])}</span></td>'
         f"<td>{_rule_text(x)}</td><td><code>{esc(short_sha(x['revision']))}</code></td></tr>"
         for x in decisions
     )
     return (
-        "<table id=decisions><thead><tr><th>time (UTC)</th><th>caller</th><th>service</th><th>request</th>"
+        "<table id=decisions><thead><tr><th>time (UTC)</th><th>caller</th><th>callee</th><th>request</th>"
         f"<th>decision</th><th>deciding rule</th><th>revision</th></tr></thead><tbody>{rows}</tbody></table>"
     )
 
@@ -219,6 +223,8 @@ def render_page(d: dict[str, Any], trust_domain: str) -> str:
     options = "".join(f'<option value="{esc(s)}">' for s in d["services"])
     methods = "".join(f'<option value="{m}">{m or "(TCP)"}</option>' for m in METHODS)
     body = (
+        '<section class="card"><div id="policy-live" hx-get="/fragments/policy/status" hx-trigger="every 2s" '
+        f'hx-swap="innerHTML">{render_status(d)}</div></section>'
         '<section class="card"><h2>Explain a request</h2>'
         '<form class="explain" hx-get="/fragments/policy/explain" hx-target="#explain-result" '
         'hx-swap="innerHTML">'
@@ -231,7 +237,5 @@ def render_page(d: dict[str, Any], trust_domain: str) -> str:
         '<section class="card"><h2>Recent decisions</h2>'
         '<div id="decisions-live" hx-get="/fragments/policy/decisions" '
         f'hx-trigger="every 2s" hx-swap="innerHTML">{render_decisions(d)}</div></section>'
-        '<section class="card"><div id="policy-live" hx-get="/fragments/policy/status" hx-trigger="every 2s" '
-        f'hx-swap="innerHTML">{render_status(d)}</div></section>'
     )
     return page("Policy", "/policy", body, trust_domain=trust_domain)

@@ -20,6 +20,7 @@ from trustmesh.tracing.spans import HTTP_STATUS, PEER_SPIFFE_ID, POLICY_DECISION
 
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _ERROR_BADGE = '<span class="badge error">error</span>'
+_DENIED_BADGE = '<span class="badge deny">denied by policy</span>'
 _PALETTE = ("#2f5bd3", "#0f766e", "#9333ea", "#c2410c", "#be185d", "#4d7c0f", "#0369a1", "#a16207")
 
 
@@ -33,7 +34,16 @@ def _service_badge(service: str) -> str:
 
 
 def recent_data(sources: GuiSources, limit: int = 30) -> dict[str, Any]:
-    return {"traces": [asdict(s) for s in sources.traces.recent(limit)]}
+    out = []
+    for summary in sources.traces.recent(limit):
+        entry = asdict(summary)
+        # A denial is an ERROR span too; say which it was, since that is the first question.
+        entry["denied"] = any(
+            str(s.attributes.get(POLICY_DECISION, "")).lower() == "deny"
+            for s in sources.traces.spans(summary.trace_id)
+        )
+        out.append(entry)
+    return {"traces": out}
 
 
 def _tree_order(spans: list[StoredSpan]) -> list[tuple[StoredSpan, int]]:
@@ -105,7 +115,7 @@ def render_recent(d: dict[str, Any]) -> str:
         f"<td>{' '.join(_service_badge(s) for s in t['services'])}</td>"
         f"<td>{t['span_count']}</td><td>{fmt_ms(t['duration_ns'] / 1e6)}</td>"
         f"<td class=mono>{esc(iso_from_ns(t['start_time_unix_nano'])[11:23])}</td>"
-        f"<td>{_ERROR_BADGE if t['error'] else ''}</td></tr>"
+        f"<td>{_DENIED_BADGE if t['denied'] else _ERROR_BADGE if t['error'] else ''}</td></tr>"
         for t in traces
     )
     return (
