@@ -136,6 +136,9 @@ class EchoApp:
     requests: list[SeenRequest] = field(default_factory=list)
     connections: int = 0
     raw_bytes: int = 0
+    # Behaviour a test may change at any time (traffic tests: a failing or slow endpoint).
+    status: int = 200
+    delay: float = 0.0  # seconds before answering (a large value: a hanging app)
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -172,10 +175,12 @@ class EchoApp:
                 )
                 self.requests.append(seen)
                 body = json.dumps(seen.__dict__).encode()
+                if self.delay:
+                    await trio.sleep(self.delay)
                 await stream.send_all(
                     conn.send(
                         h11.Response(
-                            status_code=200,
+                            status_code=self.status,
                             headers=[
                                 ("content-type", "application/json"),
                                 ("content-length", str(len(body))),
@@ -355,6 +360,7 @@ _ = timedelta  # re-exported for tests building Limits
 # ---------------------------------------------------------------- running proxies
 
 from contextlib import asynccontextmanager  # noqa: E402
+from typing import Any  # noqa: E402
 
 from trustmesh.sidecar.config import HostPort, InboundConfig, Limits  # noqa: E402
 from trustmesh.sidecar.counters import ProxyCounters  # noqa: E402
@@ -433,7 +439,9 @@ async def outbound_running(
     service: str = "api",
     protocol: str = "http",
     limits: Limits | None = None,
+    **traffic: Any,
 ) -> AsyncIterator[RunningOutbound]:
+    """`traffic`: serve_outbound's traffic options (settings, clock, balancer, traffic_counters)."""
     limits = limits or Limits(drain_timeout=timedelta(seconds=2))
     counters = ProxyCounters()
     drain = Drain()
@@ -443,7 +451,14 @@ async def outbound_running(
 
         async def run(task_status: trio.TaskStatus[HostPort] = trio.TASK_STATUS_IGNORED) -> None:
             await serve_outbound(
-                cfg, identity, endpoints, limits, drain=drain, counters=counters, task_status=task_status
+                cfg,
+                identity,
+                endpoints,
+                limits,
+                drain=drain,
+                counters=counters,
+                task_status=task_status,
+                **traffic,
             )
             done.set()
 
