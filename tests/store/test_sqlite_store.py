@@ -169,8 +169,6 @@ async def test_ca_keys_and_registrations_upsert(tmp_path: Path) -> None:
 
 
 async def test_unsupported_store_urls_are_refused_clearly(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="PostgreSQL store backend is not implemented"):
-        await open_store(tmp_path, "postgresql://db/trustmesh")
     with pytest.raises(ValueError, match="unsupported store URL"):
         await open_store(tmp_path, "mysql://x")
     store = await open_store(tmp_path, f"sqlite:///{tmp_path}/other.db")

@@ -14,6 +14,7 @@ from trustmesh.ca import CaStateError, CertificateAuthority
 from trustmesh.cli.errors import CliError
 from trustmesh.clock import Clock, SystemClock
 from trustmesh.durations import parse_duration
+from trustmesh.store import PostgresStoreError, Store, open_store
 from trustmesh.tracing.logs import configure_logging
 
 
@@ -25,6 +26,20 @@ def add_state_dir(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="the CA's state directory (keys, database)",
     )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="database: postgresql://… for control-plane replicas (default: SQLite in the state dir)",
+    )
+
+
+async def open_cli_store(args: argparse.Namespace) -> Store:
+    """The store named by --state-dir/--store, or a one-line `CliError` saying why not."""
+    try:
+        return await open_store(args.state_dir, args.store)
+    except (ValueError, PostgresStoreError) as exc:
+        raise CliError(f"--store: {exc}") from exc
 
 
 def duration_flag(text: str, flag: str) -> timedelta:
@@ -44,7 +59,7 @@ def duration_flag(text: str, flag: str) -> timedelta:
 
 def quiet_logging() -> None:
     """Short commands print their result on stdout; logs go to stderr and only when they matter."""
-    configure_logging(level="warning")
+    configure_logging(level="error")
 
 
 def load_ca(state_dir: Path, clock: Clock | None = None) -> CertificateAuthority:

@@ -14,12 +14,11 @@ from trustmesh.ca import (
     CaError,
     CertificateAuthority,
 )
-from trustmesh.cli._common import add_state_dir, duration_flag, load_ca, quiet_logging
+from trustmesh.cli._common import add_state_dir, duration_flag, load_ca, open_cli_store, quiet_logging
 from trustmesh.cli.errors import CliError
 from trustmesh.clock import SystemClock
 from trustmesh.control.issuer import record_ca_keys
 from trustmesh.durations import format_duration
-from trustmesh.store import open_store
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,7 +76,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 async def _record_keys(ca: CertificateAuthority, args: argparse.Namespace) -> None:
-    store = await open_store(args.state_dir)
+    store = await open_cli_store(args)
     try:
         await record_ca_keys(store, ca, SystemClock().now())
     finally:

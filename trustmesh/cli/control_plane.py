@@ -10,7 +10,7 @@ import trio
 
 from trustmesh.ca import DEFAULT_X509_SVID_TTL
 from trustmesh.cli._common import add_state_dir, duration_flag, load_ca
-from trustmesh.cli.errors import CliError
+from trustmesh.cli.errors import CliError, innermost
 from trustmesh.clock import SystemClock
 from trustmesh.control.gui.listener import DEFAULT_GUI_LISTEN, GuiListener, RemoteGuiRefused
 from trustmesh.control.policy_service import DEFAULT_POLICY_POLL, PolicyService
@@ -18,6 +18,7 @@ from trustmesh.control.server import ControlPlane, parse_listen
 from trustmesh.durations import format_duration
 from trustmesh.policy.source import DirSource, GitSource, PolicySourceError
 from trustmesh.policy.watcher import PolicyWatcher
+from trustmesh.store import PostgresStoreError
 from trustmesh.tracing.logs import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -101,18 +102,26 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     load_ca(args.state_dir)  # fail with one line before binding anything
+    if args.store is not None and not args.store.startswith(("sqlite:///", "postgres://", "postgresql://")):
+        raise CliError(f"--store: unsupported store URL {args.store!r}: expected sqlite:///PATH or postgresql://...")
     control_plane = ControlPlane(
         args.state_dir,
         host=host,
         port=port,
         svid_ttl=duration_flag(args.svid_ttl, "--svid-ttl"),
         policy=_policy_service(args),
+        store_url=args.store,
         gui=_gui(args),
     )
     try:
         trio.run(_serve, control_plane)
-    except OSError as exc:  # typically: address already in use
-        raise CliError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
+    except BaseException as raised:
+        failure = innermost(raised)
+        if isinstance(failure, PostgresStoreError):
+            raise CliError(f"--store: {failure}") from failure
+        if isinstance(failure, OSError):  # typically: address already in use
+            raise CliError(f"cannot listen on {args.listen}: {failure.strerror or failure}") from failure
+        raise
     return 0
 
 

@@ -10,3 +10,14 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (trio nurseries wrap errors).
+
+    A failure in a command's trio nursery arrives as an ExceptionGroup of one; the user
+    should see the failure, not the wrapping.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from trustmesh import __version__
-from trustmesh.cli.errors import CliError
+from trustmesh.cli.errors import CliError, innermost
 
 # Command-group modules under trustmesh.cli, in the order `--help` lists them.
 GROUPS = (
@@ -58,19 +58,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args) or 0)
-    except CliError as exc:
-        if args.debug:
+    except BaseException as raised:
+        exc = innermost(raised)
+        if args.debug and not isinstance(exc, SystemExit):
             raise
-        print(f"trustmesh: error: {exc.message}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # a bug, not a user error: still one line unless --debug
-        if args.debug:
+        if isinstance(exc, CliError):
+            print(f"trustmesh: error: {_one_line(exc.message)}", file=sys.stderr)
+            return exc.code
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        if isinstance(exc, SystemExit):
+            raise exc from None
+        if not isinstance(exc, Exception):
             raise
-        print(f"trustmesh: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        # A bug, not a user error: still one line unless --debug.
+        print(
+            f"trustmesh: internal error: {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug)",
+            file=sys.stderr,
+        )
         return 70
 
+
+def _one_line(text: str) -> str:
+    """Messages from libraries (libpq, OpenSSL) can span lines; an error is one line on stderr."""
+    return " ".join(text.split())
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

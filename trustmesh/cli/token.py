@@ -7,13 +7,13 @@ import argparse
 import trio
 
 from trustmesh.ca.join_token import DEFAULT_JOIN_TOKEN_TTL, JoinToken
-from trustmesh.cli._common import add_state_dir, duration_flag, load_ca, quiet_logging
+from trustmesh.cli._common import add_state_dir, duration_flag, load_ca, open_cli_store, quiet_logging
 from trustmesh.cli.errors import CliError
 from trustmesh.clock import SystemClock
 from trustmesh.control.issuer import Issuer, rfc3339
 from trustmesh.durations import format_duration
 from trustmesh.identity import SpiffeId
-from trustmesh.store import JoinTokenRecord, open_store
+from trustmesh.store import JoinTokenRecord
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,7 +48,7 @@ def _create(args: argparse.Namespace) -> int:
     ca = load_ca(args.state_dir)
 
     async def create() -> JoinToken:
-        store = await open_store(args.state_dir)
+        store = await open_cli_store(args)
         try:
             return await Issuer(ca, store, SystemClock()).create_token(spiffe_id, args.service, ttl)
         finally:
@@ -67,7 +67,7 @@ def _list(args: argparse.Namespace) -> int:
     load_ca(args.state_dir)  # a clear error for a dir without a CA, before creating a database
 
     async def fetch() -> list[JoinTokenRecord]:
-        store = await open_store(args.state_dir)
+        store = await open_cli_store(args)
         try:
             return await store.list_join_tokens()
         finally:

@@ -1,4 +1,4 @@
-"""Persistence behind one narrow interface (`Store`): SQLite by default, PostgreSQL later."""
+"""Persistence behind one narrow interface (`Store`): SQLite by default, PostgreSQL for HA."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from trustmesh.store.base import (
     Store,
     TokenConsumeFailed,
 )
+from trustmesh.store.postgres import PostgresStoreError, is_postgres_url, open_postgres_store
 from trustmesh.store.sqlite import DB_FILENAME, SqliteStore
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "CaKeyRecord",
     "IssuedSvidRecord",
     "JoinTokenRecord",
+    "PostgresStoreError",
     "Registration",
     "SqliteStore",
     "Store",
@@ -33,13 +35,17 @@ def _sqlite_path(state_dir: Path, url: str | None) -> Path:
         return state_dir / DB_FILENAME
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite://"))
-    if url.startswith(("postgres://", "postgresql://")):
-        raise ValueError("the PostgreSQL store backend is not implemented yet; use the default SQLite store")
-    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH")
+    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///PATH or postgresql://...")
 
 
 async def open_store(state_dir: Path, url: str | None = None) -> Store:
-    """The store for this state dir: SQLite at `<state-dir>/trustmesh.db` unless `url` says otherwise."""
+    """The store for this state dir: SQLite at `<state-dir>/trustmesh.db` unless `url` says otherwise.
+
+    `postgresql://…` selects the PostgreSQL backend (several control-plane replicas on one
+    database); it raises `PostgresStoreError` when the server cannot be used.
+    """
+    if url is not None and is_postgres_url(url):
+        return await open_postgres_store(url)
     return await SqliteStore.open(_sqlite_path(state_dir, url))
 
 
