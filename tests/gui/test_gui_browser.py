@@ -51,8 +51,7 @@ def _topology(page: Page, mesh: SeededMesh, out: Path) -> None:
     row = page.locator('tr[data-edge="api->db"] td').nth(6)
     before = int(row.inner_text())
     trio.from_thread.run(send_traffic, mesh, 5)
-    expect(row).not_to_have_text(str(before), timeout=10_000)
-    assert int(row.inner_text()) == before + 5
+    expect(row).to_have_text(str(before + 5), timeout=10_000)
     assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
 
 
@@ -69,9 +68,11 @@ def _workloads(page: Page, mesh: SeededMesh, out: Path) -> None:
     second = _seconds(expiry.inner_text())
     assert 1 <= first - second <= 4, (first, second)
     assert 3300 < second < 3600
-    # The short-lived job is under a quarter of... well, under a minute: a warning.
+    # The short-lived job's 50 s SVID is under a minute from expiry: a warning (or, on a machine so
+    # loaded that 50 s passed since seeding, already marked expired).
     report = page.locator(f'tr[data-spiffe-id="{spiffe_id("report")}"] .expiry')
-    expect(report).to_have_class(re.compile(r"\bwarn\b"))
+    expect(report).to_have_class(re.compile(r"\b(warn|expired)\b"))
+    assert "warn" in (report.get_attribute("class") or "") or "expired" in report.inner_text()
     expect(web.locator(".seen")).to_have_text(re.compile(r"\d+s ago"))
     page.screenshot(path=str(out / "workloads.png"))
 
