@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint unit demo bench clean
+.PHONY: install test lint unit demo bench screenshots clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Regenerates the GUI screenshots the README shows (needs Debian's chromium: scripts/ci-system-deps.sh).
+screenshots: install
+	$(BIN)/python -m trustmesh.control.gui.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
