@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.sidecar_e2e.mesh import (
     LOOPBACK,
     Mesh,
@@ -26,6 +28,9 @@ from tests.sidecar_e2e.mesh import (
     trustmesh_command,
     wait_until,
 )
+
+# Real processes: a control plane and sidecars each start a Python interpreter.
+pytestmark = pytest.mark.slow
 
 
 def test_request_crosses_both_sidecars_with_the_callers_identity(tmp_path: Path) -> None:
