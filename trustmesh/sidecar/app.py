@@ -90,7 +90,6 @@ class _State:
     identity: IdentityLifecycle
     drain: Drain
     proxies_up: bool = False
-    started: bool = False
 
     def readiness(self) -> tuple[bool, str]:
         if self.drain.draining:
