@@ -109,7 +109,8 @@ class _Request:
         # is not a slow request, so the deadline ends here.
         self.started = True
         self.head_at = time.monotonic()
-        self.scope.deadline = math.inf
+        if not self.scope.cancel_called:
+            self.scope.deadline = math.inf
         return True
 
 
@@ -152,15 +153,24 @@ class OutboundHttp:
         self._budget_logged = -math.inf
 
     async def serve_connection(self, conn: Conn, peer: str) -> None:
-        await serve_http_connection(
-            conn,
-            self._serve_request,
-            self._limits,
-            drain=self._drain,
-            idle=self._idle,
-            listener=self._listener,
-            peer=peer,
-        )
+        # One cancel scope per app connection carries each request's deadline (moving a
+        # deadline costs half of entering a new scope, which measured ~20 µs a request).
+        # When it fires the connection ends, as it must: the request is half-relayed.
+        deadline = trio.CancelScope()
+
+        async def handle(c: Conn, parser: RequestParser, head: RequestHead) -> bool:
+            return await self._serve_request(c, parser, head, deadline)
+
+        with deadline:
+            await serve_http_connection(
+                conn,
+                handle,
+                self._limits,
+                drain=self._drain,
+                idle=self._idle,
+                listener=self._listener,
+                peer=peer,
+            )
 
     def _is_draining(self) -> bool:
         return self._drain.draining
@@ -179,7 +189,9 @@ class OutboundHttp:
         if previous is not None:
             log.info("traffic_settings_changed", listener=self._listener, service=self._cfg.service)
 
-    async def _serve_request(self, conn: Conn, parser: RequestParser, head: RequestHead) -> bool:
+    async def _serve_request(
+        self, conn: Conn, parser: RequestParser, head: RequestHead, deadline: trio.CancelScope
+    ) -> bool:
         """Relay one request; True if the app's connection may send another."""
         self._counters.requests += 1
         endpoints = self._endpoints.endpoints(self._cfg.service)
@@ -195,34 +207,43 @@ class OutboundHttp:
         if settings is not self._applied:
             self._apply(settings)
         with self._drain.request():
-            with trio.CancelScope(deadline=trio.current_time() + settings.request_timeout) as scope:
-                request = _Request(self, settings, scope)
-                try:
-                    return await self._attempts(conn, parser, head, endpoints, request)
-                except HttpError as exc:
-                    log.warning(
-                        "request_refused",
-                        listener=self._listener,
-                        reason=exc.code,
-                        status=exc.status,
-                        detail=exc.detail,
-                    )
-                    await send_error(conn, exc.status, exc.code)
-                    return False
-                except DownstreamGone:
-                    return False
-            self.traffic.deadlines += 1
-            log.warning(
-                "deadline_exceeded",
-                listener=self._listener,
-                service=self._cfg.service,
-                timeout=settings.request_timeout,
-                attempts=request.attempt,
-                response_started=request.started,
-            )
-            if not request.started:
+            request = _Request(self, settings, deadline)
+            deadline.deadline = trio.current_time() + settings.request_timeout
+            try:
+                return await self._attempts(conn, parser, head, endpoints, request)
+            except HttpError as exc:
+                log.warning(
+                    "request_refused",
+                    listener=self._listener,
+                    reason=exc.code,
+                    status=exc.status,
+                    detail=exc.detail,
+                )
+                await send_error(conn, exc.status, exc.code)
+                return False
+            except DownstreamGone:
+                return False
+            except trio.Cancelled:
+                if deadline.cancel_called:
+                    await self._deadline_exceeded(conn, request)
+                raise
+            finally:
+                if not deadline.cancel_called:
+                    deadline.deadline = math.inf
+
+    async def _deadline_exceeded(self, conn: Conn, request: _Request) -> None:
+        self.traffic.deadlines += 1
+        log.warning(
+            "deadline_exceeded",
+            listener=self._listener,
+            service=self._cfg.service,
+            timeout=request.settings.request_timeout,
+            attempts=request.attempt,
+            response_started=request.started,
+        )
+        if not request.started:
+            with trio.CancelScope(shield=True):  # the connection's scope is cancelled: answer anyway
                 await send_error(conn, 504, "deadline-exceeded")
-            return False
 
     async def _attempts(
         self,
