@@ -327,3 +327,23 @@ def _error_line(stderr: str) -> str:
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_new_roots_reach_a_running_sidecar(tmp_path: Path) -> None:
+    with Mesh(tmp_path) as mesh:
+        app = mesh.start_app()
+        api = mesh.start_sidecar("api", inbound_to=app.port)
+
+        def anchors() -> int:
+            return api.admin_get("/metrics")[1].count(b'kind="trust_anchor"')
+
+        assert anchors() == 1
+        # A root rotation publishes a second root; the control plane serves it after a restart.
+        done = run_cli("ca", "rotate-root", "--state-dir", str(mesh.state_dir))
+        assert done.returncode == 0, done.stderr
+        mesh.cp.stop()
+        mesh.cp.start()
+        assert api.admin_get("/renew", method="POST")[0] == 202
+        wait_until(lambda: anchors() == 2, 30, "second root in api's bundle", api.process)
+        assert (api.data_dir / "bundle.pem").read_bytes().count(b"BEGIN CERTIFICATE") == 2
+        assert api.ready()
