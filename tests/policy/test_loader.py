@@ -60,8 +60,15 @@ spec:
     assert [(p.name, p.action) for p in result.authorization] == [("d", Action.DENY), ("p", Action.ALLOW)]
     (traffic,) = result.traffic
     assert traffic.service == "spiffe://example.org/ns/default/sa/api"
-    assert traffic.settings == {"timeouts": {"request": "2s"}, "retries": {"maxAttempts": 3, "budget": {"percent": 20}}}
-    assert (traffic.spec.request_timeout, traffic.spec.max_attempts, traffic.spec.budget_percent) == (2.0, 3, 20.0)
+    assert traffic.settings == {
+        "timeouts": {"request": "2s"},
+        "retries": {"maxAttempts": 3, "budget": {"percent": 20}},
+    }
+    assert (traffic.spec.request_timeout, traffic.spec.max_attempts, traffic.spec.budget_percent) == (
+        2.0,
+        3,
+        20.0,
+    )
     assert traffic.location.line == 12  # the metadata.name line of the second document
 
 
@@ -136,7 +143,8 @@ spec:
         (authz("action: ALLOW\naction: DENY\nrules: [{}]\n"), [(7, "spec: duplicate field 'action'")]),
         ("- just\n- a list\n", [(1, "document: expected a mapping, got a list")]),
         (
-            "apiVersion: trustmesh.dev/v1\nkind: TrafficPolicy\nmetadata: {name: t}\nspec: {timeouts: {request: 2s}}\n",
+            "apiVersion: trustmesh.dev/v1\nkind: TrafficPolicy\nmetadata: {name: t}\n"
+            "spec: {timeouts: {request: 2s}}\n",
             [(4, "spec: missing field 'service'")],
         ),
     ],
