@@ -6,6 +6,7 @@ from pathlib import Path
 
 from trustmesh.store.base import (
     CaKeyRecord,
+    EndpointRecord,
     IssuedSvidRecord,
     JoinTokenRecord,
     Registration,
@@ -18,6 +19,7 @@ from trustmesh.store.sqlite import DB_FILENAME, SqliteStore
 __all__ = [
     "DB_FILENAME",
     "CaKeyRecord",
+    "EndpointRecord",
     "IssuedSvidRecord",
     "JoinTokenRecord",
     "PostgresStoreError",

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 CaKeyKind = Literal["root", "intermediate"]
+EndpointHealth = Literal["healthy", "disconnected"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,27 @@ class Registration:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class EndpointRecord:
+    """One address at which a service is served, as the configuration stream registered it.
+
+    Keyed by (`service`, `address`): a sidecar that reconnects, to any replica, replaces its
+    own row instead of adding one. `connection_id` names the stream that registered it and
+    `replica_id` the control plane holding that stream, so only that stream's close or
+    deregistration removes the row, and only that replica keeps `last_seen` fresh while the
+    stream lives. A row whose `last_seen` is older than the grace period is expired by any
+    replica: that covers a replica that died with its streams.
+    """
+
+    service: str
+    address: str
+    spiffe_id: str
+    health: EndpointHealth
+    last_seen: datetime
+    connection_id: str
+    replica_id: str
+
+
 class TokenConsumeFailed(Exception):
     """The conditional consume matched no row: the token is unknown, expired or already used.
 
@@ -125,5 +147,33 @@ class Store(Protocol):
         ...
 
     async def list_registrations(self) -> list[Registration]: ...
+
+    # Endpoints of the configuration stream (trustmesh/control/registry.py). Each change
+    # method returns the services whose endpoint lists changed, sorted, so the registry
+    # knows whom to tell.
+
+    async def put_endpoint(self, record: EndpointRecord) -> None:
+        """Insert or replace the endpoint at (`record.service`, `record.address`)."""
+        ...
+
+    async def list_endpoints(self, service: str | None = None) -> list[EndpointRecord]:
+        """Every endpoint (or those of `service`), ordered by service then address."""
+        ...
+
+    async def mark_endpoints_disconnected(self, connection_id: str, now: datetime) -> list[str]:
+        """Health `disconnected` and `last_seen = now` for the rows `connection_id` registered."""
+        ...
+
+    async def delete_endpoints(self, connection_id: str) -> list[str]:
+        """Remove the rows `connection_id` registered (a clean deregistration)."""
+        ...
+
+    async def touch_endpoints(self, replica_id: str, now: datetime) -> None:
+        """`last_seen = now` for the healthy rows held by `replica_id` (its streams are alive)."""
+        ...
+
+    async def expire_endpoints(self, seen_before: datetime) -> list[str]:
+        """Remove every row whose `last_seen` is before `seen_before` (the grace period passed)."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -50,6 +50,8 @@ from psycopg.rows import DictRow, dict_row
 from trustmesh.store.base import (
     CaKeyKind,
     CaKeyRecord,
+    EndpointHealth,
+    EndpointRecord,
     IssuedSvidRecord,
     JoinTokenRecord,
     Registration,
@@ -113,6 +115,23 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             spiffe_id TEXT NOT NULL,
             created_at TIMESTAMPTZ NOT NULL
         );
+        """,
+    ),
+    (
+        2,
+        """
+        CREATE TABLE endpoints (
+            service TEXT NOT NULL,
+            address TEXT NOT NULL,
+            spiffe_id TEXT NOT NULL,
+            health TEXT NOT NULL CHECK (health IN ('healthy', 'disconnected')),
+            last_seen TIMESTAMPTZ NOT NULL,
+            connection_id TEXT NOT NULL,
+            replica_id TEXT NOT NULL,
+            PRIMARY KEY (service, address)
+        );
+        CREATE INDEX endpoints_connection ON endpoints (connection_id);
+        CREATE INDEX endpoints_replica ON endpoints (replica_id);
         """,
     ),
 )
@@ -227,6 +246,18 @@ def _svid(row: DictRow) -> IssuedSvidRecord:
         not_after=_utc(row["not_after"]),
         issued_at=_utc(row["issued_at"]),
         auth=row["auth"],
+    )
+
+
+def _endpoint(row: DictRow) -> EndpointRecord:
+    return EndpointRecord(
+        service=row["service"],
+        address=row["address"],
+        spiffe_id=row["spiffe_id"],
+        health=cast(EndpointHealth, row["health"]),
+        last_seen=_utc(row["last_seen"]),
+        connection_id=row["connection_id"],
+        replica_id=row["replica_id"],
     )
 
 
@@ -495,6 +526,76 @@ class PostgresStore:
     async def list_registrations(self) -> list[Registration]:
         rows = await self._query('SELECT * FROM registrations ORDER BY service COLLATE "C"')
         return [Registration(r["service"], r["spiffe_id"], _utc(r["created_at"])) for r in rows]
+
+    # -- endpoints (configuration stream) ------------------------------------------------
+
+    async def put_endpoint(self, record: EndpointRecord) -> None:
+        await self._write(
+            "INSERT INTO endpoints (service, address, spiffe_id, health, last_seen, connection_id,"
+            " replica_id) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (service, address) DO UPDATE SET spiffe_id = EXCLUDED.spiffe_id,"
+            " health = EXCLUDED.health, last_seen = EXCLUDED.last_seen,"
+            " connection_id = EXCLUDED.connection_id, replica_id = EXCLUDED.replica_id",
+            (
+                record.service,
+                record.address,
+                record.spiffe_id,
+                record.health,
+                _ts(record.last_seen),
+                record.connection_id,
+                record.replica_id,
+            ),
+            idempotent=True,
+        )
+
+    async def list_endpoints(self, service: str | None = None) -> list[EndpointRecord]:
+        if service is None:
+            rows = await self._query(
+                'SELECT * FROM endpoints ORDER BY service COLLATE "C", address COLLATE "C"'
+            )
+        else:
+            rows = await self._query(
+                'SELECT * FROM endpoints WHERE service = %s ORDER BY address COLLATE "C"', (service,)
+            )
+        return [_endpoint(r) for r in rows]
+
+    async def _changed_services(self, query: str, params: tuple[Any, ...], *, idempotent: bool) -> list[str]:
+        """Run an UPDATE/DELETE ... RETURNING service; the distinct services, sorted."""
+
+        def run(conn: Connection) -> list[str]:
+            return sorted({str(r["service"]) for r in conn.execute(query, params).fetchall()})
+
+        return await self._run(run, idempotent=idempotent)
+
+    async def mark_endpoints_disconnected(self, connection_id: str, now: datetime) -> list[str]:
+        return await self._changed_services(
+            "UPDATE endpoints SET health = 'disconnected', last_seen = %s WHERE connection_id = %s"
+            " RETURNING service",
+            (_ts(now), connection_id),
+            idempotent=True,
+        )
+
+    async def delete_endpoints(self, connection_id: str) -> list[str]:
+        # Not retried: a lost answer after a committed DELETE would report no services.
+        return await self._changed_services(
+            "DELETE FROM endpoints WHERE connection_id = %s RETURNING service",
+            (connection_id,),
+            idempotent=False,
+        )
+
+    async def touch_endpoints(self, replica_id: str, now: datetime) -> None:
+        await self._write(
+            "UPDATE endpoints SET last_seen = %s WHERE replica_id = %s AND health = 'healthy'",
+            (_ts(now), replica_id),
+            idempotent=True,
+        )
+
+    async def expire_endpoints(self, seen_before: datetime) -> list[str]:
+        return await self._changed_services(
+            "DELETE FROM endpoints WHERE last_seen < %s RETURNING service",
+            (_ts(seen_before),),
+            idempotent=False,
+        )
 
     async def aclose(self) -> None:
         """Close every idle connection; connections in use close when their call returns."""

@@ -34,6 +34,8 @@ import trio
 from trustmesh.store.base import (
     CaKeyKind,
     CaKeyRecord,
+    EndpointHealth,
+    EndpointRecord,
     IssuedSvidRecord,
     JoinTokenRecord,
     Registration,
@@ -91,6 +93,23 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE endpoints (
+            service TEXT NOT NULL,
+            address TEXT NOT NULL,
+            spiffe_id TEXT NOT NULL,
+            health TEXT NOT NULL CHECK (health IN ('healthy', 'disconnected')),
+            last_seen TEXT NOT NULL,
+            connection_id TEXT NOT NULL,
+            replica_id TEXT NOT NULL,
+            PRIMARY KEY (service, address)
+        );
+        CREATE INDEX endpoints_connection ON endpoints (connection_id);
+        CREATE INDEX endpoints_replica ON endpoints (replica_id);
+        """,
+    ),
 )
 
 
@@ -137,6 +156,18 @@ def _svid(row: sqlite3.Row) -> IssuedSvidRecord:
         not_after=_parse_ts(row["not_after"]),
         issued_at=_parse_ts(row["issued_at"]),
         auth=row["auth"],
+    )
+
+
+def _endpoint(row: sqlite3.Row) -> EndpointRecord:
+    return EndpointRecord(
+        service=row["service"],
+        address=row["address"],
+        spiffe_id=row["spiffe_id"],
+        health=cast(EndpointHealth, row["health"]),
+        last_seen=_parse_ts(row["last_seen"]),
+        connection_id=row["connection_id"],
+        replica_id=row["replica_id"],
     )
 
 
@@ -347,6 +378,77 @@ class SqliteStore:
     async def list_registrations(self) -> list[Registration]:
         rows = await self._query("SELECT * FROM registrations ORDER BY service")
         return [Registration(r["service"], r["spiffe_id"], _parse_ts(r["created_at"])) for r in rows]
+
+    # -- endpoints (configuration stream) ------------------------------------------------
+
+    async def put_endpoint(self, record: EndpointRecord) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO endpoints (service, address, spiffe_id, health, last_seen,"
+            " connection_id, replica_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.service,
+                record.address,
+                record.spiffe_id,
+                record.health,
+                _ts(record.last_seen),
+                record.connection_id,
+                record.replica_id,
+            ),
+        )
+
+    async def list_endpoints(self, service: str | None = None) -> list[EndpointRecord]:
+        if service is None:
+            rows = await self._query("SELECT * FROM endpoints ORDER BY service, address")
+        else:
+            rows = await self._query("SELECT * FROM endpoints WHERE service = ? ORDER BY address", (service,))
+        return [_endpoint(r) for r in rows]
+
+    async def _change_endpoints(
+        self, where: str, params: tuple[Any, ...], update: tuple[str, tuple[Any, ...]] | None
+    ) -> list[str]:
+        """Update (`update`: SET clause and its parameters) or delete the matching rows.
+
+        Returns the services of the rows it matched, sorted. Both statements run in one
+        transaction so the answer is exactly the rows changed.
+        """
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                services = sorted(
+                    {r[0] for r in conn.execute(f"SELECT service FROM endpoints WHERE {where}", params)}
+                )
+                if update is None:
+                    conn.execute(f"DELETE FROM endpoints WHERE {where}", params)
+                else:
+                    conn.execute(f"UPDATE endpoints SET {update[0]} WHERE {where}", update[1] + params)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return services
+
+        return await self._run(run)
+
+    async def mark_endpoints_disconnected(self, connection_id: str, now: datetime) -> list[str]:
+        return await self._change_endpoints(
+            "connection_id = ?",
+            (connection_id,),
+            ("health = 'disconnected', last_seen = ?", (_ts(now),)),
+        )
+
+    async def delete_endpoints(self, connection_id: str) -> list[str]:
+        return await self._change_endpoints("connection_id = ?", (connection_id,), None)
+
+    async def touch_endpoints(self, replica_id: str, now: datetime) -> None:
+        await self._write(
+            "UPDATE endpoints SET last_seen = ? WHERE replica_id = ? AND health = 'healthy'",
+            (_ts(now), replica_id),
+        )
+
+    async def expire_endpoints(self, seen_before: datetime) -> list[str]:
+        return await self._change_endpoints("last_seen < ?", (_ts(seen_before),), None)
 
     async def aclose(self) -> None:
         def close(conn: sqlite3.Connection) -> None:
