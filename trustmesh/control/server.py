@@ -27,6 +27,7 @@ from hypercorn.config import Config
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
+from starlette.routing import BaseRoute
 
 from trustmesh.ca import CertificateAuthority
 from trustmesh.clock import Clock, SystemClock
@@ -34,6 +35,7 @@ from trustmesh.control.app import PEER_CHAIN, build_app
 from trustmesh.control.gui.listener import GuiListener
 from trustmesh.control.issuer import Issuer, record_ca_keys
 from trustmesh.control.policy_service import PolicyService
+from trustmesh.control.stream import StreamHub, StreamSettings
 from trustmesh.control.tls import ServerTls, peer_chain
 from trustmesh.store import Store, open_store
 
@@ -73,6 +75,9 @@ class ControlPlane:
     policy: PolicyService | None = None
     # The web GUI and OTLP receiver on their own plain-HTTP listener (trustmesh/control/gui).
     gui: GuiListener | None = None
+    # The configuration stream (/v1/stream) and its registry; see trustmesh/control/stream.py.
+    stream_settings: StreamSettings = field(default_factory=StreamSettings)
+    stream: StreamHub | None = field(default=None, init=False)
     ca: CertificateAuthority | None = field(default=None, init=False)
     store: Store | None = field(default=None, init=False)
     issuer: Issuer | None = field(default=None, init=False)
@@ -97,6 +102,9 @@ class ControlPlane:
             self.issuer = Issuer(ca, store, self.clock, svid_ttl=self.svid_ttl)
             self.tls = ServerTls(ca, self.clock, self.host, self.svid_ttl)
             self.tls.refresh()
+            self.stream = StreamHub(
+                self.issuer, store, self.clock, policy=self.policy, settings=self.stream_settings
+            )
             await self._record_ca_keys()
             await self._serve(task_status)
         finally:
@@ -105,8 +113,9 @@ class ControlPlane:
             log.info("control_plane_stopped")
 
     async def _serve(self, task_status: trio.TaskStatus[str]) -> None:
-        assert self.issuer is not None and self.tls is not None
-        extra_routes = self.policy.routes(self.issuer) if self.policy is not None else []
+        assert self.issuer is not None and self.tls is not None and self.stream is not None
+        extra_routes: list[BaseRoute] = [*(self.policy.routes(self.issuer) if self.policy else [])]
+        extra_routes += self.stream.routes()
         app = ASGIWrapper(build_app(self.issuer, extra_routes))  # type: ignore[arg-type]  # ASGI typings differ
         config = Config()
         context = WorkerContext(None)
@@ -138,6 +147,7 @@ class ControlPlane:
             async with trio.open_nursery() as main:
                 if self.policy is not None:
                     await main.start(self.policy.run)
+                await main.start(self.stream.run)
                 if self.gui is not None:
                     await main.start(self.gui.serve, self)
                 main.start_soon(lambda: trio.serve_listeners(handle, listeners, handler_nursery=connections))
@@ -162,6 +172,8 @@ class ControlPlane:
             log.info("intermediate_rotated")
             self.tls.refresh()
             await self._record_ca_keys()
+            if self.stream is not None:
+                self.stream.bundle_changed()
         elif self.tls.due():
             self.tls.refresh()
             await self._record_ca_keys()
