@@ -165,3 +165,25 @@ spec:
     assert authorizer.revision == first
     assert any(e["event"] == "policy_revision_refused" for e in logs)
     assert authorizer.authorize_http(WEB, "GET", "/x", 9001).allowed
+
+
+async def test_an_expired_identity_stops_kept_alive_connections_too(
+    web: StaticIdentity, api: StaticIdentity
+) -> None:
+    """Fail closed means no request at all, not only no new connection."""
+    authorizer = PolicyAuthorizer(API)
+    authorizer.update(revision("rev-1", ["GET"]))
+    async with (
+        inbound_running(api, authorizer=authorizer) as inbound,
+        outbound_running(web, [endpoint(inbound.port, API)]) as outbound,
+    ):
+        client = HttpClient(await open_plain(outbound.port))
+        assert (await client.request("GET", "/items")).status == 200
+        api.is_serving = False
+        try:
+            resp = await client.request("GET", "/items/2")
+        finally:
+            api.is_serving = True
+        assert resp.status == 503
+        assert [r.target for r in inbound.app.requests] == ["/items"]
+        await client.stream.aclose()

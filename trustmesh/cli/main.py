@@ -17,20 +17,26 @@ from typing import Any
 from trustmesh import __version__
 from trustmesh.cli.errors import CliError, innermost
 
-# Command-group modules under trustmesh.cli, in the order `--help` lists them.
-GROUPS = (
-    "ca",
-    "token",
-    "bundle",
-    "control_plane",
-    "sidecar",
-    "wait_ready",
-    "policy",
-    "demo",
-)
+# Command-group modules under trustmesh.cli, in the order `--help` lists them, by the
+# command word that selects each.
+GROUPS = {
+    "ca": "ca",
+    "token": "token",
+    "bundle": "bundle",
+    "control-plane": "control_plane",
+    "sidecar": "sidecar",
+    "wait-ready": "wait_ready",
+    "policy": "policy",
+    "demo": "demo",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that command group is imported and registered.
+
+    Importing every group pulls in the control plane's HTTP stack, the GUI and more: a
+    sidecar would carry megabytes it never uses, so a command imports only its own group.
+    """
     parser = argparse.ArgumentParser(
         prog="trustmesh",
         description="trustmesh: a zero-trust service mesh (SPIFFE identities, mTLS sidecars, policy in git).",
@@ -38,19 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trustmesh {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in GROUPS:
-        try:
-            module = importlib.import_module(f"trustmesh.cli.{name}")
-        except ModuleNotFoundError as exc:  # a group not written yet in this checkout
-            if exc.name == f"trustmesh.cli.{name}":
-                continue
-            raise
-        module.register(sub)
+    for word, name in GROUPS.items():
+        if only is not None and word != only:
+            continue
+        importlib.import_module(f"trustmesh.cli.{name}").register(sub)
     return parser
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command the arguments name, if it is a known one (else the full parser decides)."""
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        return arg if arg in GROUPS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_word(argv))
     args = parser.parse_args(argv)
     func: Callable[[Any], int] | None = getattr(args, "func", None)
     if func is None:

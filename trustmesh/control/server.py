@@ -161,8 +161,13 @@ class ControlPlane:
             connections.cancel_scope.deadline = trio.current_time() + GRACEFUL_SHUTDOWN_S
 
     async def _rotation_loop(self) -> None:
+        # The control plane's own SVID has the --svid-ttl lifetime; with a short one (tests,
+        # drills) a 30 s check would let it expire, so look at least four times per lifetime.
+        interval = self.rotation_check
+        if self.svid_ttl is not None:
+            interval = min(interval, self.svid_ttl / 4)
         while True:
-            await trio.sleep(self.rotation_check.total_seconds())
+            await trio.sleep(interval.total_seconds())
             await self.rotate_now()
 
     async def rotate_now(self) -> None:

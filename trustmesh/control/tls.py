@@ -63,7 +63,7 @@ def server_names(host: str) -> tuple[list[str], list[IpAddress]]:
 
 @dataclass(frozen=True)
 class _OwnSvid:
-    not_before: datetime
+    issued_at: datetime
     not_after: datetime
     serial: int
 
@@ -108,7 +108,7 @@ class ServerTls:
         """True when the own SVID is past half its life (or the roots changed)."""
         if self._svid is None or self._ca.bundle().to_pem() != self._roots_pem:
             return True
-        half = self._svid.not_before + (self._svid.not_after - self._svid.not_before) / 2
+        half = self._svid.issued_at + (self._svid.not_after - self._svid.issued_at) / 2
         return self._clock.now() >= half
 
     def _new_context(self, roots_pem: bytes) -> ssl.SSLContext:
@@ -130,7 +130,9 @@ class ServerTls:
         )
         load_chain_into(ctx, issued.chain_pem(), key_pem)
         leaf = issued.chain[0]
-        self._svid = _OwnSvid(leaf.not_valid_before_utc, leaf.not_valid_after_utc, issued.serial)
+        # Half-life counts from issuance, not from notBefore: the CA backdates notBefore for
+        # clock skew, which would make a short-lived SVID look past half-life at once.
+        self._svid = _OwnSvid(self._clock.now(), leaf.not_valid_after_utc, issued.serial)
         log.info(
             "control_plane_svid_rotated",
             spiffe_id=str(spiffe_id),

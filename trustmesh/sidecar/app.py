@@ -40,6 +40,7 @@ from trustmesh.sidecar.identity_lifecycle import IdentityLifecycle, LifecycleMet
 from trustmesh.sidecar.inbound import serve_inbound
 from trustmesh.sidecar.inbound.authorize_policy import PolicyAuthorizer
 from trustmesh.sidecar.outbound import serve_outbound
+from trustmesh.sidecar.outbound.traffic_settings import TrafficSettingsStore
 from trustmesh.sidecar.policy_follower import PolicyFollower
 
 log = structlog.get_logger(__name__)
@@ -233,20 +234,31 @@ async def _serve_proxies(
     """Policy, then every inbound and outbound listener, in one nursery; started once all are bound.
 
     Inbound is default deny (zero trust): the authorizer allows nothing until the first
-    policy revision arrives, from `--policy-dir` or else from the control plane.
+    policy revision arrives, from `--policy-dir` or else from the control plane. The same
+    revision carries the TrafficPolicies the outbounds follow.
     """
     async with trio.open_nursery() as nursery:
-        if cfg.inbounds:
-            authorizer = PolicyAuthorizer(identity.spiffe_id)
-            follower = _policy_follower(cfg, identity, control_plane, authorizer)
+        authorizer = PolicyAuthorizer(identity.spiffe_id)
+        traffic = TrafficSettingsStore()
+        if cfg.inbounds or cfg.outbounds:
+            # One revision drives both: who may call us (inbound) and how we call others (outbound).
+            follower = _policy_follower(cfg, identity, control_plane, authorizer, traffic)
             await nursery.start(follower.run)
-            for inbound in cfg.inbounds:
-                await nursery.start(
-                    partial(serve_inbound, inbound, identity, authorizer, cfg.limits, drain=drain)
-                )
+        for inbound in cfg.inbounds:
+            await nursery.start(
+                partial(serve_inbound, inbound, identity, authorizer, cfg.limits, drain=drain)
+            )
         for outbound in cfg.outbounds:
             await nursery.start(
-                partial(serve_outbound, outbound, identity, list(cfg.endpoints), cfg.limits, drain=drain)
+                partial(
+                    serve_outbound,
+                    outbound,
+                    identity,
+                    list(cfg.endpoints),
+                    cfg.limits,
+                    drain=drain,
+                    settings=traffic,
+                )
             )
         task_status.started()
 
@@ -256,9 +268,12 @@ def _policy_follower(
     identity: IdentityLifecycle,
     control_plane: ControlPlaneClient,
     authorizer: PolicyAuthorizer,
+    traffic: TrafficSettingsStore,
 ) -> PolicyFollower:
     if cfg.policy_dir is not None:
-        return PolicyFollower(authorizer, policy_dir=cfg.policy_dir, interval=cfg.policy_poll)
+        return PolicyFollower(
+            authorizer, policy_dir=cfg.policy_dir, interval=cfg.policy_poll, also_apply=[traffic.update]
+        )
 
     async def fetch(known: str | None) -> dict[str, Any]:
         try:
@@ -267,4 +282,4 @@ def _policy_follower(
             # The follower keeps the current revision on join_client's error type.
             raise join_client.ControlPlaneError(0, "unreachable", str(err)) from err
 
-    return PolicyFollower(authorizer, fetch=fetch, interval=cfg.policy_poll)
+    return PolicyFollower(authorizer, fetch=fetch, interval=cfg.policy_poll, also_apply=[traffic.update])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ class PolicyFollower:
         fetch: FetchRevision | None = None,
         policy_dir: Path | None = None,
         interval: timedelta = DEFAULT_POLICY_POLL,
+        also_apply: Sequence[Callable[[Revision], None]] = (),
     ) -> None:
         if (fetch is None) == (policy_dir is None):
             raise ValueError("exactly one of fetch and policy_dir is needed")
@@ -56,6 +57,8 @@ class PolicyFollower:
         self._fetch = fetch
         self._dir = policy_dir
         self.interval = interval
+        # Others that follow the same revision (the outbound's traffic settings).
+        self._also_apply = tuple(also_apply)
         self._refused: str | None = None
 
     async def poll_once(self) -> bool:
@@ -68,6 +71,8 @@ class PolicyFollower:
         if revision is None:
             return False
         self.authorizer.update(revision)
+        for apply in self._also_apply:
+            apply(revision)
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -13,6 +13,7 @@ Each limit breach and each refusal is answered (431, 408, 400, 403, 502) with an
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -58,8 +59,11 @@ class InboundHttp:
         drain: Drain,
         idle: IdleConnections,
         counters: ProxyCounters,
+        serving: Callable[[], bool] = lambda: True,
     ) -> None:
         self._cfg = cfg
+        # False once our SVID has expired: kept-alive connections stop carrying requests too.
+        self._serving = serving
         self._own_id = own_id
         self._authorizer = authorizer
         self._limits = limits
@@ -100,6 +104,11 @@ class InboundHttp:
     ) -> bool:
         """Authorize and relay one request; True if the connection may serve another."""
         self._counters.requests += 1
+        if not self._serving():
+            # Failed closed: a connection opened while our SVID was valid gets no more requests.
+            log.warning("request_refused", listener=self._listener, reason="not_serving")
+            await self._send_error(conn, 503, "not-serving")
+            return False
         decision = self._authorizer.authorize_http(
             peer.spiffe_id,
             head.method.decode("latin-1"),

@@ -50,7 +50,16 @@ async def serve_inbound(
     bound = HostPort(str(host), int(port))
     name = "inbound " + str(bound)
     idle = IdleConnections(drain)
-    http = InboundHttp(cfg, identity.spiffe_id, authorizer, limits, drain=drain, idle=idle, counters=counters)
+    http = InboundHttp(
+        cfg,
+        identity.spiffe_id,
+        authorizer,
+        limits,
+        drain=drain,
+        idle=idle,
+        counters=counters,
+        serving=identity.serving,
+    )
     http.port = bound.port
     handshake_timeout = limits.head_timeout.total_seconds()
 
