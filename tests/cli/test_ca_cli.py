@@ -187,9 +187,40 @@ def test_control_plane_refuses_a_bad_listen_address(trustmesh_cmd: list[str], st
     )
 
 
-def test_demo_joins_a_workload_and_exits_zero(trustmesh_cmd: list[str], tmp_path: Path) -> None:
-    result = run(trustmesh_cmd, "demo", "--workdir", str(tmp_path / "demo"))
+def test_demo_runs_the_mesh_and_stops_everything_it_started(trustmesh_cmd: list[str], tmp_path: Path) -> None:
+    """`trustmesh demo --duration` brings up the mesh, shows allowed and denied traffic, exits 0."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gui_port = s.getsockname()[1]
+    result = subprocess.run(
+        [
+            *trustmesh_cmd,
+            "demo",
+            "--duration",
+            "3s",
+            "--gui-port",
+            str(gui_port),
+            "--workdir",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "spiffe_id:  spiffe://demo.trustmesh.local/ns/demo/sa/api" in result.stdout
-    assert "-----BEGIN CERTIFICATE-----" in result.stdout
-    assert "stopped cleanly" in result.stdout
+    out = result.stdout
+    for service in ("web", "api", "db"):
+        assert f"joined as spiffe://demo.trustmesh.local/ns/demo/sa/{service}" in out
+    assert f"GUI on http://127.0.0.1:{gui_port}" in out
+    match = re.search(r"traffic flowing: (\d+) allowed, (\d+) denied", out)
+    assert match and int(match.group(1)) > 0 and int(match.group(2)) > 0, out
+    assert re.search(r"web → db: 0 allowed, [1-9]\d* denied", out), out
+    assert "stopped 7 processes cleanly" in out
+    for pid in re.findall(r"pid (\d+)", out):
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"demo left pid {pid} running")
