@@ -49,7 +49,9 @@ FAST_CLIENT = StreamClientSettings(
     missed_heartbeats=3,
     backoff_base=timedelta(milliseconds=50),
     backoff_cap=timedelta(milliseconds=300),
-    connect_timeout=timedelta(seconds=5),
+    # A refused TLS client certificate shows on the client only as a handshake that never
+    # completes (trio-websocket waits for the upgrade answer), so keep this short in tests.
+    connect_timeout=timedelta(seconds=1),
 )
 
 POLICY = f"""\
@@ -121,7 +123,8 @@ class Mesh:
     clients: list[StreamClient] = field(default_factory=list)
 
     async def start(self) -> ControlPlane:
-        self.policy = PolicyService(PolicyWatcher(GitSource(str(self.repo), "main"), self.clock), timedelta(hours=1))
+        watcher = PolicyWatcher(GitSource(str(self.repo), "main"), self.clock)
+        self.policy = PolicyService(watcher, timedelta(hours=1))  # tests call poll_once()
         cp = ControlPlane(
             self.state_dir,
             host="127.0.0.1",
@@ -172,7 +175,9 @@ async def mesh(
             m.cp.stop()
 
 
-async def wait_for(changed: Callable[[], trio.Event], predicate: Callable[[], bool], timeout: float = 10) -> None:
+async def wait_for(
+    changed: Callable[[], trio.Event], predicate: Callable[[], bool], timeout: float = 10
+) -> None:
     """Wait until `predicate()` holds, waking on `changed()` events (bounded by `timeout`)."""
     with trio.fail_after(timeout):
         while not predicate():

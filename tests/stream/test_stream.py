@@ -165,9 +165,8 @@ async def test_the_client_survives_malformed_messages_from_the_control_plane(mes
         got.append(sp.decode(await ws.get_message()))
         for junk in ("{", '{"type": "update", "v": 1, "version": 3}', '{"type": "snapshot", "v": 2}', "null"):
             await ws.send_message(junk)
-        await ws.send_message(
-            sp.encode(sp.Snapshot(9, "web", svid.bundle_pem.decode(), None, {"api": (sp.Endpoint("10.1.1.1:80", API),)}))
-        )
+        endpoints = {"api": (sp.Endpoint("10.1.1.1:80", API),)}
+        await ws.send_message(sp.encode(sp.Snapshot(9, "web", svid.bundle_pem.decode(), None, endpoints)))
         got.append(sp.decode(await ws.get_message()))
         await trio.sleep_forever()
 
