@@ -7,10 +7,11 @@ that half-starts with a typo in `--endpoints` would fail later, far from the cau
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from trustmesh.ca.join_token import InvalidJoinToken, JoinToken
 from trustmesh.cli.errors import CliError
@@ -27,6 +28,9 @@ from trustmesh.tracing.logs import configure_logging
 
 # The sidecar process itself (trio, TLS, proxies, the control-plane client) is imported in
 # `run` only: `trustmesh --help` and every other command should not pay its memory.
+
+if TYPE_CHECKING:
+    from trustmesh.sidecar.app import TelemetryOptions
 
 T = TypeVar("T")
 
@@ -90,8 +94,32 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--policy-poll", default="5s", metavar="DURATION", help="how often to look for a new policy"
     )
+    p.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="OTLP/HTTP collector (http://jaeger:4318; /v1/traces is appended); tracing is off without one"
+        " (or OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
+    p.add_argument(
+        "--trace-sample-ratio",
+        type=float,
+        metavar="R",
+        help="share of new traces sampled, 0..1 (default 1.0, or OTEL_TRACES_SAMPLER_ARG);"
+        " a caller's sampling decision is always followed",
+    )
+    p.add_argument(
+        "--service-name",
+        metavar="NAME",
+        help="mesh service name for spans, logs and metrics (default: OTEL_SERVICE_NAME, else the"
+        " SPIFFE ID's last path segment)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="auto", choices=["json", "console", "auto"])
+    p.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["json", "console", "auto"],
+        help="stderr format (default: console on a terminal, JSON lines otherwise)",
+    )
     p.set_defaults(func=run)
 
 
@@ -161,14 +189,32 @@ def _duration(flag: str, text: str) -> timedelta:
     return value
 
 
+def telemetry_from_args(args: argparse.Namespace) -> TelemetryOptions:
+    from trustmesh.sidecar.app import TelemetryOptions
+
+    ratio = args.trace_sample_ratio
+    if ratio is not None and not 0.0 <= ratio <= 1.0:
+        raise CliError(f"--trace-sample-ratio: {ratio} is not between 0 and 1")
+    endpoint = args.otlp_endpoint
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise CliError(f"--otlp-endpoint: {endpoint!r} is not an http:// or https:// URL")
+    return TelemetryOptions(
+        otlp_endpoint=endpoint,
+        sample_ratio=ratio,
+        service_name=args.service_name,
+        env=dict(os.environ),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import trio
 
     from trustmesh.sidecar.app import Sidecar, SidecarFailed
 
     cfg = config_from_args(args)
+    telemetry = telemetry_from_args(args)
     configure_logging(args.log_level, args.log_format)
-    sidecar = Sidecar(cfg)
+    sidecar = Sidecar(cfg, telemetry=telemetry)
     try:
         return trio.run(sidecar.run)
     except SidecarFailed as err:

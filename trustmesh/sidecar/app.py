@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -42,8 +42,29 @@ from trustmesh.sidecar.inbound.authorize_policy import PolicyAuthorizer
 from trustmesh.sidecar.outbound import serve_outbound
 from trustmesh.sidecar.outbound.traffic_settings import TrafficSettingsStore
 from trustmesh.sidecar.policy_follower import PolicyFollower
+from trustmesh.sidecar.telemetry import Telemetry, service_from_spiffe_id
+from trustmesh.tracing.metrics import SidecarMetrics
+from trustmesh.tracing.switch import tracing_wanted
+
+if TYPE_CHECKING:
+    from trustmesh.tracing.setup import Tracing
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TelemetryOptions:
+    """Tracing flags as parsed; `env` is the process environment (`OTEL_*`), read once at the edge.
+
+    Tracing is on only with an endpoint (flag or `OTEL_EXPORTER_OTLP_*ENDPOINT`): see
+    `trustmesh.tracing.switch`. `service_name` (flag) wins over `OTEL_SERVICE_NAME`, which wins
+    over the SPIFFE ID's last path segment.
+    """
+
+    otlp_endpoint: str | None = None
+    sample_ratio: float | None = None
+    service_name: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class SidecarFailed(Exception):
@@ -119,8 +140,12 @@ class _State:
 class Sidecar:
     """The assembled process. `run()` returns the exit code once drained."""
 
-    def __init__(self, cfg: SidecarConfig, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, cfg: SidecarConfig, *, clock: Clock | None = None, telemetry: TelemetryOptions | None = None
+    ) -> None:
         self.cfg = cfg
+        self.telemetry_options = telemetry if telemetry is not None else TelemetryOptions()
+        self.tracing: Tracing | None = None
         self.clock = clock or SystemClock()
         self.registry = CollectorRegistry()
         Info(
@@ -132,6 +157,9 @@ class Sidecar:
                 "outbounds": str(len(cfg.outbounds)),
             }
         )
+        # Request, connection, handshake and policy series, on the registry `/metrics` serves;
+        # the SVID and anchor expiry gauge is the identity lifecycle's (updated on rotation).
+        self.metrics = SidecarMetrics(self.registry, cert_expiry=False)
         self.drain = Drain()
         self.control_plane = ControlPlaneClient(cfg.control_planes)
         self.identity = IdentityLifecycle(
@@ -154,8 +182,41 @@ class Sidecar:
             if failed is None or rest is not None:
                 raise
             raise _first_leaf(failed) from None
+        finally:
+            await self._stop_tracing()
         log.info("sidecar_stopped", reason=self.drain.reason)
         return 0
+
+    def _telemetry(self) -> Telemetry:
+        """Metrics always; tracing (OpenTelemetry imported here, not before) only with an endpoint."""
+        opts = self.telemetry_options
+        service = (
+            opts.service_name
+            or opts.env.get("OTEL_SERVICE_NAME", "").strip()
+            or service_from_spiffe_id(str(self.identity.spiffe_id))
+        )
+        if not tracing_wanted(opts.otlp_endpoint, opts.env):
+            log.info("tracing_off", reason="no OTLP endpoint", service=service)
+            return Telemetry(self.metrics, service=service)
+        from trustmesh.tracing.setup import TracingConfigError, TracingOptions, setup_tracing
+        from trustmesh.tracing.spans import MeshTracer
+
+        try:
+            self.tracing = setup_tracing(
+                TracingOptions(
+                    service_name=service, endpoint=opts.otlp_endpoint, sample_ratio=opts.sample_ratio
+                ),
+                env=opts.env,
+            )
+        except TracingConfigError as err:
+            raise SidecarFailed(f"tracing: {err}") from err
+        tracer = MeshTracer(self.tracing.tracer, service=service) if self.tracing.enabled else None
+        return Telemetry(self.metrics, service=service, tracer=tracer)
+
+    async def _stop_tracing(self) -> None:
+        """Flush what is queued (bounded: a dead collector costs at most the export timeout)."""
+        if self.tracing is not None:
+            await trio.to_thread.run_sync(self.tracing.shutdown)
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         token = JoinToken.parse(self.cfg.join_token) if self.cfg.join_token else None
@@ -177,9 +238,10 @@ class Sidecar:
                 except (NoIdentity, ControlPlaneRejected) as err:
                     raise SidecarFailed(str(err)) from err
                 await nursery.start(self.identity.run)
+                telemetry = self._telemetry()
                 try:
                     await nursery.start(
-                        _serve_proxies, self.cfg, self.identity, self.control_plane, self.drain
+                        _serve_proxies, self.cfg, self.identity, self.control_plane, self.drain, telemetry
                     )
                 except OSError as err:
                     raise SidecarFailed(f"cannot listen: {err}") from err
@@ -228,6 +290,7 @@ async def _serve_proxies(
     identity: IdentityLifecycle,
     control_plane: ControlPlaneClient,
     drain: Drain,
+    telemetry: Telemetry,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -238,7 +301,11 @@ async def _serve_proxies(
     revision carries the TrafficPolicies the outbounds follow.
     """
     async with trio.open_nursery() as nursery:
-        authorizer = PolicyAuthorizer(identity.spiffe_id)
+        metrics = telemetry.metrics
+        authorizer = PolicyAuthorizer(
+            identity.spiffe_id,
+            on_decision=lambda decision: metrics.observe_policy_decision(decision.decision.lower()),
+        )
         traffic = TrafficSettingsStore()
         if cfg.inbounds or cfg.outbounds:
             # One revision drives both: who may call us (inbound) and how we call others (outbound).
@@ -246,7 +313,9 @@ async def _serve_proxies(
             await nursery.start(follower.run)
         for inbound in cfg.inbounds:
             await nursery.start(
-                partial(serve_inbound, inbound, identity, authorizer, cfg.limits, drain=drain)
+                partial(
+                    serve_inbound, inbound, identity, authorizer, cfg.limits, drain=drain, telemetry=telemetry
+                )
             )
         for outbound in cfg.outbounds:
             await nursery.start(
@@ -258,6 +327,7 @@ async def _serve_proxies(
                     cfg.limits,
                     drain=drain,
                     settings=traffic,
+                    telemetry=telemetry,
                 )
             )
         task_status.started()

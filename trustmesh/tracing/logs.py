@@ -17,7 +17,6 @@ import sys
 from typing import Final, Literal, TextIO
 
 import structlog
-from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 LogFormat = Literal["json", "console", "auto"]
@@ -28,7 +27,14 @@ _HANDLER_NAME: Final = "trustmesh"
 
 
 def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: `trace_id`/`span_id` (W3C hex) of the current OTel span, if there is one."""
+    """structlog processor: `trace_id`/`span_id` (W3C hex) of the current OTel span, if there is one.
+
+    OpenTelemetry is looked up, never imported, here: a sidecar with tracing disabled does not
+    load it at all (memory, start-up), and then no span can be current anyway.
+    """
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return event_dict
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         event_dict.setdefault("trace_id", f"{ctx.trace_id:032x}")

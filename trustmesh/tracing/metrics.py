@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -57,10 +57,19 @@ def _timestamp(when: datetime) -> float:
 
 
 class SidecarMetrics:
-    """Everything a sidecar counts. One instance per sidecar; `render()` is the `/metrics` body."""
+    """Everything a sidecar counts. One instance per sidecar; `render()` is the `/metrics` body.
 
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
+    `registry`: register into the process's own registry (the sidecar's `/metrics` then shows
+    these next to its other series) instead of a new one. `cert_expiry=False` leaves the expiry
+    gauge out, for a process where another component (the identity lifecycle) already owns it.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, cert_expiry: bool = True) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # Label children by label values: `.labels(...)` costs microseconds, a dict lookup does not,
+        # and `observe_request` runs on every request.
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._decision_children: dict[str, Any] = {}
         self.requests = Counter(
             "trustmesh_requests",
             "HTTP requests handled, by direction, peer identity, mesh service and status class.",
@@ -101,12 +110,14 @@ class SidecarMetrics:
         self.policy_decisions = Counter(
             "trustmesh_policy_decisions", "Inbound authorization decisions.", ["decision"], registry=r
         )
-        self.cert_expiry = Gauge(
-            "trustmesh_cert_expiry_timestamp_seconds",
-            "notAfter (Unix seconds) of the SVID (kind=svid) and each bundle anchor (kind=trust_anchor).",
-            ["kind", "trust_domain", "spiffe_id", "serial"],
-            registry=r,
-        )
+        self.cert_expiry: Gauge | None = None
+        if cert_expiry:
+            self.cert_expiry = Gauge(
+                "trustmesh_cert_expiry_timestamp_seconds",
+                "notAfter (Unix seconds) of the SVID (kind=svid) and each bundle anchor (kind=trust_anchor).",
+                ["kind", "trust_domain", "spiffe_id", "serial"],
+                registry=r,
+            )
         self.retries = Counter(
             "trustmesh_retries",
             "Outbound retry attempts (not counting first tries).",
@@ -132,12 +143,23 @@ class SidecarMetrics:
         self, direction: Direction, *, peer: str | None, service: str, status: int, duration_s: float
     ) -> None:
         """Count one finished request and its latency; call once per request, next to `access_log`."""
-        peer_label = peer or UNKNOWN_PEER
-        self.requests.labels(direction, peer_label, service, status_class(status)).inc()
-        self.request_duration.labels(direction, peer_label, service).observe(duration_s)
+        key = (direction, peer or UNKNOWN_PEER, service, status // 100)
+        children = self._request_children.get(key)
+        if children is None:
+            peer_label = key[1]
+            children = (
+                self.requests.labels(direction, peer_label, service, status_class(status)),
+                self.request_duration.labels(direction, peer_label, service),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(duration_s)
 
     def observe_policy_decision(self, decision: str) -> None:
-        self.policy_decisions.labels(decision).inc()
+        child = self._decision_children.get(decision)
+        if child is None:
+            child = self._decision_children[decision] = self.policy_decisions.labels(decision)
+        child.inc()
 
     # -- per connection ---------------------------------------------------------------------------
 
@@ -177,12 +199,15 @@ class SidecarMetrics:
         alert on `trustmesh_cert_expiry_timestamp_seconds - time() < 86400` never fires for a
         certificate that is already gone.
         """
-        self.cert_expiry.clear()
-        self.cert_expiry.labels("svid", trust_domain, spiffe_id, format(svid.serial_number, "x")).set(
+        gauge = self.cert_expiry
+        if gauge is None:
+            raise RuntimeError("this SidecarMetrics was built with cert_expiry=False")
+        gauge.clear()
+        gauge.labels("svid", trust_domain, spiffe_id, format(svid.serial_number, "x")).set(
             _timestamp(svid.not_valid_after_utc)
         )
         for anchor in anchors:
-            self.cert_expiry.labels("trust_anchor", trust_domain, "", format(anchor.serial_number, "x")).set(
+            gauge.labels("trust_anchor", trust_domain, "", format(anchor.serial_number, "x")).set(
                 _timestamp(anchor.not_valid_after_utc)
             )
 

@@ -17,7 +17,6 @@ written back too (same style), so B3-only apps downstream stay in the trace.
 
 from __future__ import annotations
 
-import random
 import re
 from typing import Final, Literal, NamedTuple
 
@@ -25,12 +24,15 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
+# Re-exported: `propagation` was their home first, and callers that trace read them from here.
+from trustmesh.tracing.request_id import MAX_REQUEST_ID_LEN as MAX_REQUEST_ID_LEN
+from trustmesh.tracing.request_id import REQUEST_ID_HEADER as REQUEST_ID_HEADER
+from trustmesh.tracing.request_id import new_request_id as new_request_id
+from trustmesh.tracing.request_id import valid_request_id
+
 Headers = list[tuple[bytes, bytes]]
 Style = Literal["w3c", "b3", "b3multi"]
 
-REQUEST_ID_HEADER: Final = b"x-request-id"
-# A kept x-request-id is logged and echoed in error bodies: bound it and keep it to visible ASCII.
-MAX_REQUEST_ID_LEN: Final = 128
 
 _HEX_AND_DASH: Final = b"0123456789abcdef-"
 _B3_SINGLE_RE: Final = re.compile(
@@ -38,7 +40,6 @@ _B3_SINGLE_RE: Final = re.compile(
 )
 _HEX16_OR_32: Final = re.compile(rb"[0-9a-f]{16}|[0-9a-f]{32}")
 _HEX16: Final = re.compile(rb"[0-9a-f]{16}")
-_REQUEST_ID_RE: Final = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_REQUEST_ID_LEN)
 # W3C trace-context §3.3.1: key = simple-key | tenant@system, value = printable without `,` and `=`.
 _TRACESTATE_KEY: Final = re.compile(
     r"[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13}"
@@ -59,6 +60,9 @@ _ROLE: Final[dict[bytes, int]] = {
     b"x-b3-parentspanid": 8,
     REQUEST_ID_HEADER: 9,
 }
+# Every field `inject` rewrites: a proxy that writes its own head strips these and adds
+# `serialize_fields(inject([], ...))`, without building a header list per request.
+TRACE_HEADERS: Final = frozenset(_ROLE)
 
 
 class TraceParent(NamedTuple):
@@ -151,11 +155,6 @@ def parse_b3_multi(
     return TraceParent(tid, sid, is_sampled)
 
 
-def new_request_id() -> bytes:
-    """32 hex digits. Unique, not secret: `random` (what OTel uses for span ids) beats os.urandom here."""
-    return b"%032x" % random.getrandbits(128)
-
-
 class IncomingContext(NamedTuple):
     """What a request brought: its trace parent (None: start a new trace) and its request id.
 
@@ -205,7 +204,7 @@ def extract(headers: Headers) -> IncomingContext:
                 b3_multi = {}
             b3_multi[role] = value
 
-    rid_generated = request_id is None or _REQUEST_ID_RE.fullmatch(request_id) is None
+    rid_generated = request_id is None or not valid_request_id(request_id)
     rid = new_request_id() if rid_generated else request_id
     assert rid is not None
 
@@ -268,3 +267,8 @@ def inject(headers: Headers, incoming: IncomingContext, span_context: SpanContex
     # Exactly one x-request-id goes on: the one this request is known by in logs and spans.
     out.append((REQUEST_ID_HEADER, incoming.request_id))
     return out
+
+
+def serialize_fields(fields: Headers) -> bytes:
+    """`name: value\\r\\n` for each field, as a proxy appends them to a head it writes."""
+    return b"".join([name + b": " + value + b"\r\n" for name, value in fields])

@@ -48,6 +48,11 @@ ERROR_TYPE: Final = "error.type"
 PEER_SPIFFE_ID: Final = "trustmesh.peer.spiffe_id"
 POLICY_DECISION: Final = "trustmesh.policy.decision"
 POLICY_REVISION: Final = "trustmesh.policy.revision"
+# Which rule decided (absent for a default deny), and why: what the GUI's decision list shows.
+POLICY_NAME: Final = "trustmesh.policy.policy"
+POLICY_RULE: Final = "trustmesh.policy.rule"
+POLICY_REASON: Final = "trustmesh.policy.reason"
+POLICY_LOCATION: Final = "trustmesh.policy.location"
 UPSTREAM_ENDPOINT: Final = "trustmesh.upstream.endpoint"
 REQUEST_ID: Final = "trustmesh.request_id"
 MESH_SERVICE: Final = "trustmesh.service"
@@ -126,12 +131,30 @@ class RequestSpan:
         """The request headers for the next hop: `traceparent` names this span; x-request-id kept/added."""
         return inject(headers, self.incoming, self.span.get_span_context())
 
-    def set_policy(self, decision: str, revision: int | str | None) -> None:
-        """The inbound authorization outcome (`allow`/`deny`) and the policy revision that decided."""
-        if self.span.is_recording():
-            self.span.set_attribute(POLICY_DECISION, decision)
+    def set_policy(
+        self,
+        decision: str,
+        revision: int | str | None,
+        *,
+        policy: str | None = None,
+        rule: int | None = None,
+        reason: str | None = None,
+        location: str | None = None,
+    ) -> None:
+        """The inbound authorization outcome (`allow`/`deny`), the revision and the rule that decided."""
+        span = self.span
+        if span.is_recording():
+            span.set_attribute(POLICY_DECISION, decision)
             if revision is not None:
-                self.span.set_attribute(POLICY_REVISION, str(revision))
+                span.set_attribute(POLICY_REVISION, str(revision))
+            if policy is not None:
+                span.set_attribute(POLICY_NAME, policy)
+            if rule is not None:
+                span.set_attribute(POLICY_RULE, rule)
+            if reason is not None:
+                span.set_attribute(POLICY_REASON, reason)
+            if location is not None:
+                span.set_attribute(POLICY_LOCATION, location)
 
     def set_upstream(self, endpoint: str) -> None:
         """Where the request was sent (`host:port`); known late on the inbound side."""

@@ -8,11 +8,13 @@ has begun.
 
 Each limit breach and each refusal is answered (431, 408, 400, 403, 502) with an
 `x-trustmesh-error` code and logged as one event with a `reason`.
+
+Every request is reported through `Telemetry`: a SERVER span (when tracing), the
+`x-request-id` the app receives and every error body names, one `access` event, metrics.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 
 import structlog
@@ -24,24 +26,20 @@ from trustmesh.sidecar.conn import Conn, connect_tcp
 from trustmesh.sidecar.counters import ProxyCounters
 from trustmesh.sidecar.drain import Drain
 from trustmesh.sidecar.exchange import DownstreamGone, UpstreamFailed, relay
-from trustmesh.sidecar.http.errors import HttpError, error_response
+from trustmesh.sidecar.http.errors import HttpError
 from trustmesh.sidecar.http.headers import forward_request_head
 from trustmesh.sidecar.http.parser import RequestHead, RequestParser
-from trustmesh.sidecar.http_connection import (
-    discard_request_body,
-    send_error,
-    send_raw,
-    serve_http_connection,
-)
+from trustmesh.sidecar.http_connection import discard_request_body, send_raw, serve_http_connection
 from trustmesh.sidecar.inbound.authorize import Authorizer
 from trustmesh.sidecar.inbound.set_identity_header import STRIP, xfcc_field
 from trustmesh.sidecar.listener import IdleConnections
 from trustmesh.sidecar.pool import ConnPool
+from trustmesh.sidecar.telemetry import Exchange, Telemetry, service_from_spiffe_id
 from trustmesh.sidecar.tls import VerifiedPeer
+from trustmesh.tracing.metrics import SidecarMetrics
 
 log = structlog.get_logger(__name__)
 
-_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _APP = "app"  # the pool key: an inbound listener has exactly one app behind it
 _MAX_IDLE_APP_CONNECTIONS = 256
 
@@ -60,8 +58,16 @@ class InboundHttp:
         idle: IdleConnections,
         counters: ProxyCounters,
         serving: Callable[[], bool] = lambda: True,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._cfg = cfg
+        self._telemetry = (
+            telemetry
+            if telemetry is not None
+            else Telemetry(SidecarMetrics(), service=service_from_spiffe_id(str(own_id)))
+        )
+        self._app = str(cfg.app)
+        self._server_host = cfg.listen.host
         # False once our SVID has expired: kept-alive connections stop carrying requests too.
         self._serving = serving
         self._own_id = own_id
@@ -82,32 +88,58 @@ class InboundHttp:
     async def serve_connection(self, conn: Conn, peer: VerifiedPeer) -> None:
         """Serve requests on `conn` until the peer closes, a limit closes it, or a drain."""
         xfcc = xfcc_field(self._own_id, peer)
+        peer_id = str(peer.spiffe_id)
+        # The TCP peer, for the SERVER span: asked once per connection, and only when tracing.
+        address = _peer_address(conn) if self._telemetry.tracer is not None else None
 
         async def handle(conn: Conn, parser: RequestParser, head: RequestHead) -> bool:
-            return await self._serve_request(conn, parser, head, xfcc, peer)
+            ex, strip, add = self._telemetry.begin_inbound(
+                head,
+                peer_spiffe_id=peer_id,
+                peer_address=address,
+                server_address=self._server_host,
+                server_port=self.port,
+            )
+            try:
+                return await self._serve_request(conn, parser, head, xfcc + add, strip, peer, ex)
+            finally:
+                self._telemetry.end(ex)
 
-        await serve_http_connection(
-            conn,
-            handle,
-            self._limits,
-            drain=self._drain,
-            idle=self._idle,
-            listener=self._listener,
-            peer=str(peer.spiffe_id),
-        )
+        try:
+            await serve_http_connection(
+                conn,
+                handle,
+                self._limits,
+                drain=self._drain,
+                idle=self._idle,
+                listener=self._listener,
+                peer=peer_id,
+            )
+        finally:
+            self._telemetry.metrics.connection_closed("inbound")
 
     def _is_draining(self) -> bool:
         return self._drain.draining
 
     async def _serve_request(
-        self, conn: Conn, parser: RequestParser, head: RequestHead, xfcc: bytes, peer: VerifiedPeer
+        self,
+        conn: Conn,
+        parser: RequestParser,
+        head: RequestHead,
+        add: bytes,
+        strip: frozenset[bytes],
+        peer: VerifiedPeer,
+        ex: Exchange,
     ) -> bool:
-        """Authorize and relay one request; True if the connection may serve another."""
+        """Authorize and relay one request; True if the connection may serve another.
+
+        `add` is XFCC plus the trace and request-id fields; `strip` what they replace.
+        """
         self._counters.requests += 1
         if not self._serving():
             # Failed closed: a connection opened while our SVID was valid gets no more requests.
             log.warning("request_refused", listener=self._listener, reason="not_serving")
-            await self._send_error(conn, 503, "not-serving")
+            await send_raw(conn, ex.error_response(503, "not-serving"))
             return False
         decision = self._authorizer.authorize_http(
             peer.spiffe_id,
@@ -115,14 +147,16 @@ class InboundHttp:
             head.target.decode("latin-1"),
             self.port,
         )
+        self._telemetry.policy(ex, decision)
         if not decision.allowed:
-            return await self._forbid(conn, parser, head, peer, decision.reason)
+            return await self._forbid(conn, parser, head, peer, decision.reason, ex)
         with self._drain.request():
-            head_bytes = forward_request_head(head, strip=STRIP, add=xfcc)
+            head_bytes = forward_request_head(head, strip=STRIP | strip if strip else STRIP, add=add)
+            ex.upstream = self._app
             for attempt in (1, 2):
                 up, reused = await self._app_connection()
                 if up is None:
-                    await self._send_error(conn, 502, "app-unreachable")
+                    await send_raw(conn, ex.error_response(502, "app-unreachable"))
                     return False
                 try:
                     outcome = await relay(
@@ -146,10 +180,13 @@ class InboundHttp:
                         response_started=exc.response_started,
                     )
                     if not exc.response_started:
-                        await self._send_error(conn, 502, "app-reset")
+                        await send_raw(conn, ex.error_response(502, "app-reset"))
+                    else:
+                        ex.fail(ex.status or 502, "app-reset")
                     return False
                 except DownstreamGone:
                     up.close()
+                    ex.error_code = "downstream-gone"
                     return False
                 except HttpError as exc:
                     up.close()  # the app saw part of a body that will never be completed
@@ -161,8 +198,9 @@ class InboundHttp:
                         status=exc.status,
                         detail=exc.detail,
                     )
-                    await self._send_error(conn, exc.status, exc.code)
+                    await send_raw(conn, ex.error_response(exc.status, exc.code))
                     return False
+                ex.status = outcome.status
                 if outcome.upstream_reusable:
                     self.pool.put(_APP, up)
                 else:
@@ -185,41 +223,42 @@ class InboundHttp:
         return Conn(sock), False
 
     async def _forbid(
-        self, conn: Conn, parser: RequestParser, head: RequestHead, peer: VerifiedPeer, reason: str
+        self,
+        conn: Conn,
+        parser: RequestParser,
+        head: RequestHead,
+        peer: VerifiedPeer,
+        reason: str,
+        ex: Exchange,
     ) -> bool:
-        request_id = _request_id(head)
+        request_id = ex.request_id
         log.warning(
             "request_denied",
             listener=self._listener,
             peer_id=str(peer.spiffe_id),
             reason=reason,
             method=head.method.decode("latin-1"),
-            path=head.target.decode("latin-1"),
+            path=_path(head.target),
             request_id=request_id,
         )
         # A path that could mean two things to two parsers (`%2F`, `..` above the root) is
         # refused as a bad request: no policy can be judged on it.
         status, code = (400, "ambiguous-path") if reason == "ambiguous-path" else (403, "forbidden")
-        body = code.encode("ascii") + b": request " + request_id.encode("ascii") + b"\n"
         # A body still arriving is not read: the connection closes after the answer.
         close = not discard_request_body(parser) or not head.keep_alive
-        response = error_response(status, code, close=close, body=body)
-        response = response.replace(
-            b"\r\n\r\n", b"\r\nx-request-id: " + request_id.encode("ascii") + b"\r\n\r\n", 1
-        )
-        await self._send_raw(conn, response)
+        await send_raw(conn, ex.error_response(status, code, close=close))
         return not close
 
-    async def _send_error(self, conn: Conn, status: int, code: str) -> None:
-        await send_error(conn, status, code)
 
-    async def _send_raw(self, conn: Conn, data: bytes) -> None:
-        await send_raw(conn, data)
+def _path(target: bytes) -> str:
+    """The path without its query: a query can carry secrets, and logs are widely read."""
+    q = target.find(b"?")
+    return (target if q < 0 else target[:q]).decode("latin-1")
 
 
-def _request_id(head: RequestHead) -> str:
-    """The caller's `x-request-id` if it sent a sane one, else a fresh random id."""
-    for name, value in head.headers:
-        if name.lower() == b"x-request-id" and 0 < len(value) <= 64 and _ID_CHARS.issuperset(value):
-            return value.decode("ascii")
-    return secrets.token_hex(8)
+def _peer_address(conn: Conn) -> tuple[str, int] | None:
+    try:
+        host, port = conn.sock.getpeername()[:2]
+    except OSError:
+        return None
+    return str(host), int(port)

@@ -18,6 +18,7 @@ from trustmesh.sidecar.conn import Conn, tls_handshake
 from trustmesh.sidecar.counters import ProxyCounters
 from trustmesh.sidecar.identity_view import IdentityView
 from trustmesh.sidecar.tls import PeerRefused, PeerValidator, VerifiedPeer
+from trustmesh.tracing.metrics import SidecarMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -30,8 +31,15 @@ async def require_identity(
     handshake_timeout: float,
     counters: ProxyCounters,
     listener: str,
+    metrics: SidecarMetrics | None = None,
 ) -> tuple[Conn, VerifiedPeer] | None:
-    """Handshake as server and validate the client's SVID; None (socket closed) if refused."""
+    """Handshake as server and validate the client's SVID; None (socket closed) if refused.
+
+    `metrics` counts the connection as opened here (and closed when refused here; the caller
+    counts the close otherwise) and the handshake by outcome.
+    """
+    if metrics is not None:
+        metrics.connection_opened("inbound")
     peer_addr = _peer_address(sock)
     tls = identity.server_context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
     conn = Conn(tls)
@@ -40,11 +48,12 @@ async def require_identity(
             await tls_handshake(tls)
     except trio.TooSlowError:
         log.info("tls_handshake_failed", listener=listener, peer=peer_addr, reason="timeout")
-        conn.close()
+        _refused(conn, metrics, "timeout")
         return None
     except (ssl.SSLError, OSError) as exc:
-        log.info("tls_handshake_failed", listener=listener, peer=peer_addr, reason=_ssl_reason(exc))
-        conn.close()
+        reason = _ssl_reason(exc)
+        log.info("tls_handshake_failed", listener=listener, peer=peer_addr, reason=reason)
+        _refused(conn, metrics, reason)
         return None
     counters.tls_handshakes_in += 1
     if tls.session_reused:
@@ -56,9 +65,18 @@ async def require_identity(
         log.warning(
             "peer_refused", listener=listener, peer=peer_addr, reason=refused.reason, detail=refused.detail
         )
-        conn.close()
+        _refused(conn, metrics, refused.reason)
         return None
+    if metrics is not None:
+        metrics.tls_handshake("inbound")
     return conn, peer
+
+
+def _refused(conn: Conn, metrics: SidecarMetrics | None, reason: str) -> None:
+    conn.close()
+    if metrics is not None:
+        metrics.tls_handshake("inbound", failure_reason=reason)
+        metrics.connection_closed("inbound")
 
 
 def _peer_address(sock: socket.socket) -> str:

@@ -21,6 +21,7 @@ from trustmesh.sidecar.inbound.http_server import InboundHttp
 from trustmesh.sidecar.inbound.require_identity import require_identity
 from trustmesh.sidecar.inbound.tcp import serve_tcp_connection
 from trustmesh.sidecar.listener import IdleConnections, bind, serve_listener
+from trustmesh.sidecar.telemetry import Telemetry, service_from_spiffe_id
 from trustmesh.sidecar.tls import PeerValidator
 
 log = structlog.get_logger(__name__)
@@ -35,6 +36,7 @@ async def serve_inbound(
     drain: Drain,
     counters: ProxyCounters | None = None,
     validator: PeerValidator | None = None,
+    telemetry: Telemetry | None = None,
     task_status: trio.TaskStatus[HostPort] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve mTLS on `cfg.listen` and forward to `cfg.app` until `drain` completes.
@@ -45,6 +47,11 @@ async def serve_inbound(
     """
     counters = counters if counters is not None else ProxyCounters()
     validator = validator if validator is not None else PeerValidator()
+    if telemetry is None:
+        from trustmesh.tracing.metrics import SidecarMetrics
+
+        telemetry = Telemetry(SidecarMetrics(), service=service_from_spiffe_id(str(identity.spiffe_id)))
+    metrics = telemetry.metrics
     listen = bind(cfg.listen)
     host, port = listen.getsockname()[:2]
     bound = HostPort(str(host), int(port))
@@ -59,6 +66,7 @@ async def serve_inbound(
         idle=idle,
         counters=counters,
         serving=identity.serving,
+        telemetry=telemetry,
     )
     http.port = bound.port
     handshake_timeout = limits.head_timeout.total_seconds()
@@ -70,13 +78,21 @@ async def serve_inbound(
             sock.close()
             return
         accepted = await require_identity(
-            sock, identity, validator, handshake_timeout=handshake_timeout, counters=counters, listener=name
+            sock,
+            identity,
+            validator,
+            handshake_timeout=handshake_timeout,
+            counters=counters,
+            listener=name,
+            metrics=metrics,
         )
         if accepted is None:
             return
         conn, peer = accepted
         if cfg.protocol == "tcp":
-            await serve_tcp_connection(conn, peer, cfg, authorizer, limits, drain=drain, counters=counters)
+            await serve_tcp_connection(
+                conn, peer, cfg, authorizer, limits, drain=drain, counters=counters, metrics=metrics
+            )
         else:
             await http.serve_connection(conn, peer)
 

@@ -16,6 +16,7 @@ from trustmesh.sidecar.drain import Drain
 from trustmesh.sidecar.inbound.authorize import Authorizer
 from trustmesh.sidecar.pump import pump
 from trustmesh.sidecar.tls import VerifiedPeer
+from trustmesh.tracing.metrics import SidecarMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +30,7 @@ async def serve_tcp_connection(
     *,
     drain: Drain,
     counters: ProxyCounters,
+    metrics: SidecarMetrics | None = None,
 ) -> None:
     listener = str(cfg.listen)
     try:
@@ -48,8 +50,13 @@ async def serve_tcp_connection(
         app = Conn(sock)
         try:
             with drain.request():
-                await pump(conn, app)
+                moved = await pump(conn, app)
+            if metrics is not None:
+                # pump counts both directions together: what the peer sent plus what the app answered.
+                metrics.add_bytes("inbound", read=moved)
         finally:
             app.close()
     finally:
         conn.close()
+        if metrics is not None:
+            metrics.connection_closed("inbound")

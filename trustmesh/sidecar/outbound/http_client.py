@@ -19,7 +19,11 @@ Errors the sidecar makes are answered with `x-trustmesh-error` (docs/traffic.md 
 them): `no-endpoints` and `no-healthy-endpoints` (503), `connect-failed` (503),
 `connect-timeout` (504), `tls-handshake`/`peer-refused`/`secure-naming` (502),
 `upstream-reset` (502), `deadline-exceeded` (504). An upstream's own 503 after the last
-attempt reaches the app as it was sent, without the header.
+attempt reaches the app as it was sent, without the header. Every error names the request's
+`x-request-id` in a header and in its body.
+
+Each request is reported through `Telemetry` (access log, metrics) and, when tracing, each
+attempt is a CLIENT span whose `traceparent` the upstream sidecar continues from.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from trustmesh.sidecar.exchange import (
 from trustmesh.sidecar.http.errors import HttpError
 from trustmesh.sidecar.http.headers import forward_request_head
 from trustmesh.sidecar.http.parser import EndOfMessage, RequestHead, RequestParser
-from trustmesh.sidecar.http_connection import discard_request_body, send_error, serve_http_connection
+from trustmesh.sidecar.http_connection import discard_request_body, send_raw, serve_http_connection
 from trustmesh.sidecar.listener import IdleConnections
 from trustmesh.sidecar.outbound.balance import Balancer, RoundRobin
 from trustmesh.sidecar.outbound.endpoints import EndpointSource
@@ -66,6 +70,8 @@ from trustmesh.sidecar.outbound.retry import (
 from trustmesh.sidecar.outbound.retry_budget import RetryBudget
 from trustmesh.sidecar.outbound.secure_connect import SecureConnector, UpstreamError
 from trustmesh.sidecar.outbound.traffic_settings import TrafficSettings, TrafficSettingsProvider
+from trustmesh.sidecar.telemetry import Exchange, Telemetry
+from trustmesh.tracing.metrics import SidecarMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -130,8 +136,11 @@ class OutboundHttp:
         listener: str,
         balancer: Balancer | None = None,
         traffic_counters: TrafficCounters | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._cfg = cfg
+        self._telemetry = telemetry if telemetry is not None else Telemetry(SidecarMetrics(), service="")
+        self._metrics = self._telemetry.metrics
         self._endpoints = endpoints
         self._connector = connector
         self._limits = limits
@@ -161,16 +170,20 @@ class OutboundHttp:
         async def handle(c: Conn, parser: RequestParser, head: RequestHead) -> bool:
             return await self._serve_request(c, parser, head, deadline)
 
-        with deadline:
-            await serve_http_connection(
-                conn,
-                handle,
-                self._limits,
-                drain=self._drain,
-                idle=self._idle,
-                listener=self._listener,
-                peer=peer,
-            )
+        self._metrics.connection_opened("outbound")
+        try:
+            with deadline:
+                await serve_http_connection(
+                    conn,
+                    handle,
+                    self._limits,
+                    drain=self._drain,
+                    idle=self._idle,
+                    listener=self._listener,
+                    peer=peer,
+                )
+        finally:
+            self._metrics.connection_closed("outbound")
 
     def _is_draining(self) -> bool:
         return self._drain.draining
@@ -194,12 +207,29 @@ class OutboundHttp:
     ) -> bool:
         """Relay one request; True if the app's connection may send another."""
         self._counters.requests += 1
+        service = self._cfg.service
+        ex, strip, add = self._telemetry.begin_outbound(head, service)
+        try:
+            return await self._serve_traced(conn, parser, head, deadline, ex, strip, add)
+        finally:
+            self._telemetry.end(ex, service=service)
+
+    async def _serve_traced(
+        self,
+        conn: Conn,
+        parser: RequestParser,
+        head: RequestHead,
+        deadline: trio.CancelScope,
+        ex: Exchange,
+        strip: frozenset[bytes],
+        add: bytes,
+    ) -> bool:
         endpoints = self._endpoints.endpoints(self._cfg.service)
         if not endpoints:
             log.warning(
                 "request_failed", listener=self._listener, service=self._cfg.service, reason="no-endpoints"
             )
-            return await _answer(conn, parser, head, 503, "no-endpoints")
+            return await _answer(conn, parser, head, ex, 503, "no-endpoints")
         if endpoints is not self._known:
             self._known = endpoints
             self.outlier.retain({ep.address for ep in endpoints})
@@ -210,7 +240,7 @@ class OutboundHttp:
             request = _Request(self, settings, deadline)
             deadline.deadline = trio.current_time() + settings.request_timeout
             try:
-                return await self._attempts(conn, parser, head, endpoints, request)
+                return await self._attempts(conn, parser, head, endpoints, request, ex, strip, add)
             except HttpError as exc:
                 log.warning(
                     "request_refused",
@@ -219,19 +249,21 @@ class OutboundHttp:
                     status=exc.status,
                     detail=exc.detail,
                 )
-                await send_error(conn, exc.status, exc.code)
+                await send_raw(conn, ex.error_response(exc.status, exc.code))
                 return False
             except DownstreamGone:
+                ex.error_code = "downstream-gone"
                 return False
             except trio.Cancelled:
                 if deadline.cancel_called:
-                    await self._deadline_exceeded(conn, request)
+                    await self._deadline_exceeded(conn, request, ex)
                 raise
             finally:
+                ex.attempts = request.attempt
                 if not deadline.cancel_called:
                     deadline.deadline = math.inf
 
-    async def _deadline_exceeded(self, conn: Conn, request: _Request) -> None:
+    async def _deadline_exceeded(self, conn: Conn, request: _Request, ex: Exchange) -> None:
         self.traffic.deadlines += 1
         log.warning(
             "deadline_exceeded",
@@ -243,7 +275,9 @@ class OutboundHttp:
         )
         if not request.started:
             with trio.CancelScope(shield=True):  # the connection's scope is cancelled: answer anyway
-                await send_error(conn, 504, "deadline-exceeded")
+                await send_raw(conn, ex.error_response(504, "deadline-exceeded"))
+        else:
+            ex.error_code = "deadline-exceeded"
 
     async def _attempts(
         self,
@@ -252,9 +286,14 @@ class OutboundHttp:
         head: RequestHead,
         endpoints: Sequence[StaticEndpoint],
         request: _Request,
+        ex: Exchange,
+        strip: frozenset[bytes],
+        add: bytes,
     ) -> bool:
         settings = request.settings
-        head_bytes = forward_request_head(head)
+        head_bytes = forward_request_head(head, strip=strip, add=add)
+        telemetry = self._telemetry
+        tracing = telemetry.tracer is not None
         replay_allowed = settings.retry.max_attempts > 1 and method_allows_replay(
             head.method, head.headers, has_body=head.has_body
         )
@@ -287,29 +326,50 @@ class OutboundHttp:
                     ejected=len(outlier.ejected(now)),
                 )
                 return await _answer(
-                    conn, parser, head, 503, "no-healthy-endpoints", consumed=whole is not None
+                    conn, parser, head, ex, 503, "no-healthy-endpoints", consumed=whole is not None
                 )
             started = time.monotonic()
             ep = balancer.pick(candidates, started)
             balancer.start(ep)
+            ex.upstream = str(ep.address)
+            ex.peer = str(ep.spiffe_id)
             up: Conn | None = None
             done = False
+            # The CLIENT span of this attempt (tracing only) and what it ended with.
+            span = None
+            attempt_status, attempt_error = 0, None
+            attempt_head, attempt_whole = head_bytes, whole
+            if tracing:
+                span, fields = telemetry.attempt(
+                    ex,
+                    host=ep.address.host,
+                    port=ep.address.port,
+                    peer_spiffe_id=ex.peer,
+                    attempt=request.attempt - 1,
+                )
+                # The head ends with its blank line: this attempt's trace fields go before it.
+                attempt_head = head_bytes[:-2] + fields + b"\r\n"
+                if whole is not None:
+                    attempt_whole = attempt_head + whole[len(head_bytes) :]
             try:
                 try:
                     up, reused = await connector.get(ep, settings.connect_timeout)
                 except UpstreamError as exc:
                     done = True
+                    attempt_status, attempt_error = exc.status, exc.code
                     self._finish(ep, started, len(endpoints), failed=True)
                     if self._may_retry(request, Failure.CONNECT, 0, ep, exc.code):
                         tried = _add(tried, ep)
                         continue
-                    return await _answer(conn, parser, head, exc.status, exc.code, consumed=whole is not None)
+                    return await _answer(
+                        conn, parser, head, ex, exc.status, exc.code, consumed=whole is not None
+                    )
                 try:
-                    if whole is not None:
+                    if attempt_whole is not None:
                         outcome = await relay_whole(
                             conn,
                             head,
-                            whole,
+                            attempt_whole,
                             up,
                             max_head_bytes=self._limits.max_head_bytes,
                             closing=self._is_draining,
@@ -320,7 +380,7 @@ class OutboundHttp:
                             conn,
                             parser,
                             head,
-                            head_bytes,
+                            attempt_head,
                             up,
                             max_head_bytes=self._limits.max_head_bytes,
                             closing=self._is_draining,
@@ -329,12 +389,14 @@ class OutboundHttp:
                 except ResponseRefused as refused:
                     # `accept` already granted the retry (attempts and budget).
                     done = True
+                    attempt_status = refused.status
                     self._finish(ep, started, len(endpoints), failed=True)
                     self._log_retry(request, ep, f"status-{refused.status}")
                     tried = _add(tried, ep)
                     continue
                 except UpstreamFailed as exc:
                     done = True
+                    attempt_status, attempt_error = 502, "upstream-reset"
                     if reused and not exc.response_started and stale_retry_ok:
                         # A pooled connection the server sidecar had closed: the request never
                         # reached it. Try again on a fresh connection; no attempt is spent.
@@ -358,24 +420,31 @@ class OutboundHttp:
                         attempts=request.attempt,
                     )
                     if not exc.response_started:
-                        await send_error(conn, 502, "upstream-reset")
+                        await send_raw(conn, ex.error_response(502, "upstream-reset"))
+                    else:
+                        ex.fail(ex.status or 502, "upstream-reset")
                     return False
                 except DownstreamGone:
                     done = True
+                    attempt_error = "downstream-gone"
                     balancer.finish(ep, time.monotonic(), time.monotonic() - started, failed=False)
                     raise
                 done = True
+                attempt_status = ex.status = outcome.status
                 self._finished(ep, started, len(endpoints), outcome, request.head_at)
                 if outcome.upstream_reusable:
                     connector.put(ep, up)
                     up = None
                 return outcome.downstream_keep_alive and not self._drain.draining
             except trio.Cancelled:
+                attempt_error = attempt_error or "cancelled"
                 if not done:
                     done = True  # the deadline (or shutdown) caught it in flight: an endpoint too slow
                     self._finish(ep, started, len(endpoints), failed=True)
                 raise
             finally:
+                if span is not None:
+                    telemetry.end_attempt(span, attempt_status, attempt_error)
                 if not done:
                     self._balancer_abandon(ep, started)
                 if up is not None:
@@ -417,6 +486,7 @@ class OutboundHttp:
         now = self._clock.monotonic()
         if not self._budget.try_withdraw(now):
             self.traffic.budget_exhausted += 1
+            self._metrics.observe_retry_budget_exhausted(self._cfg.service)
             if now - self._budget_logged >= _BUDGET_LOG_INTERVAL:
                 self._budget_logged = now
                 log.warning(
@@ -435,6 +505,7 @@ class OutboundHttp:
 
     def _log_retry(self, request: _Request, ep: StaticEndpoint, reason: str) -> None:
         self.traffic.retries += 1
+        self._metrics.observe_retry(self._cfg.service)
         log.info(
             "request_retried",
             listener=self._listener,
@@ -504,12 +575,19 @@ async def _read_ahead(conn: Conn, parser: RequestParser) -> None:
 
 
 async def _answer(
-    conn: Conn, parser: RequestParser, head: RequestHead, status: int, code: str, *, consumed: bool = False
+    conn: Conn,
+    parser: RequestParser,
+    head: RequestHead,
+    ex: Exchange,
+    status: int,
+    code: str,
+    *,
+    consumed: bool = False,
 ) -> bool:
     """Answer the app ourselves; keep its connection if the request's body was all read.
 
     `consumed`: the request was already taken whole from the parser.
     """
     keep = (consumed or discard_request_body(parser)) and head.keep_alive
-    await send_error(conn, status, code, close=not keep)
+    await send_raw(conn, ex.error_response(status, code, close=not keep))
     return keep

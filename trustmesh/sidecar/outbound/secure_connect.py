@@ -25,6 +25,7 @@ from trustmesh.sidecar.counters import ProxyCounters
 from trustmesh.sidecar.identity_view import IdentityView
 from trustmesh.sidecar.pool import ConnPool
 from trustmesh.sidecar.tls import PeerRefused, PeerValidator
+from trustmesh.tracing.metrics import SidecarMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -52,8 +53,10 @@ class SecureConnector:
         counters: ProxyCounters,
         validator: PeerValidator,
         listener: str,
+        metrics: SidecarMetrics | None = None,
     ) -> None:
         self._identity = identity
+        self._metrics = metrics
         self._connect_timeout = limits.connect_timeout.total_seconds()
         self._counters = counters
         self._validator = validator
@@ -110,6 +113,7 @@ class SecureConnector:
         except trio.TooSlowError:
             raise self._fail(ep, 504, "connect-timeout", "no connection within the connect timeout") from None
         except ssl.SSLError as exc:
+            self._handshake_failed(exc.reason or type(exc).__name__)
             raise self._fail(ep, 502, "tls-handshake", str(exc)) from None
         except OSError as exc:
             raise self._fail(ep, 503, "connect-failed", exc.strerror or str(exc)) from None
@@ -121,10 +125,12 @@ class SecureConnector:
         except PeerRefused as refused:
             conn.close()
             self._counters.peers_refused += 1
+            self._handshake_failed(refused.reason)
             raise self._fail(ep, 502, "peer-refused", refused.reason + ": " + refused.detail) from None
         if peer.spiffe_id != ep.spiffe_id:
             conn.close()
             self._counters.peers_refused += 1
+            self._handshake_failed("secure-naming")
             self._sessions.pop(ep.address, None)
             log.warning(
                 "secure_naming_refused",
@@ -136,7 +142,13 @@ class SecureConnector:
             )
             raise UpstreamError(502, "secure-naming", "endpoint presented " + str(peer.spiffe_id))
         self._fresh.add(conn)
+        if self._metrics is not None:
+            self._metrics.tls_handshake("outbound")
         return conn
+
+    def _handshake_failed(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.tls_handshake("outbound", failure_reason=reason)
 
     def _fail(self, ep: StaticEndpoint, status: int, code: str, detail: str) -> UpstreamError:
         log.warning(

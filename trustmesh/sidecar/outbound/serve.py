@@ -26,6 +26,7 @@ from trustmesh.sidecar.outbound.http_client import OutboundHttp, TrafficCounters
 from trustmesh.sidecar.outbound.secure_connect import SecureConnector
 from trustmesh.sidecar.outbound.tcp import serve_tcp_connection
 from trustmesh.sidecar.outbound.traffic_settings import FixedTrafficSettings, TrafficSettingsProvider
+from trustmesh.sidecar.telemetry import Telemetry
 from trustmesh.sidecar.tls import PeerValidator
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,7 @@ async def serve_outbound(
     settings: TrafficSettingsProvider | None = None,
     clock: Clock | None = None,
     traffic_counters: TrafficCounters | None = None,
+    telemetry: Telemetry | None = None,
     task_status: trio.TaskStatus[HostPort] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the app's calls to `cfg.service` on `cfg.listen` until `drain` completes.
@@ -64,7 +66,13 @@ async def serve_outbound(
     bound = HostPort(str(host), int(port))
     name = "outbound " + cfg.service + " " + str(bound)
     idle = IdleConnections(drain)
-    connector = SecureConnector(identity, limits, counters=counters, validator=validator, listener=name)
+    if telemetry is None:
+        from trustmesh.tracing.metrics import SidecarMetrics
+
+        telemetry = Telemetry(SidecarMetrics(), service=cfg.service)
+    connector = SecureConnector(
+        identity, limits, counters=counters, validator=validator, listener=name, metrics=telemetry.metrics
+    )
     http = OutboundHttp(
         cfg,
         source,
@@ -78,6 +86,7 @@ async def serve_outbound(
         listener=name,
         balancer=balancer,
         traffic_counters=traffic_counters,
+        telemetry=telemetry,
     )
 
     async def handle(sock: socket.socket) -> None:
@@ -87,7 +96,16 @@ async def serve_outbound(
             conn.close()
             return
         if cfg.protocol == "tcp":
-            await serve_tcp_connection(conn, cfg, source, tcp_balancer, connector, drain=drain, listener=name)
+            await serve_tcp_connection(
+                conn,
+                cfg,
+                source,
+                tcp_balancer,
+                connector,
+                drain=drain,
+                listener=name,
+                metrics=telemetry.metrics,
+            )
         else:
             await http.serve_connection(conn, "app")
 

@@ -13,6 +13,7 @@ from trustmesh.sidecar.outbound.balance import Balancer
 from trustmesh.sidecar.outbound.endpoints import EndpointSource
 from trustmesh.sidecar.outbound.secure_connect import SecureConnector, UpstreamError
 from trustmesh.sidecar.pump import pump
+from trustmesh.tracing.metrics import SidecarMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -26,12 +27,15 @@ async def serve_tcp_connection(
     *,
     drain: Drain,
     listener: str,
+    metrics: SidecarMetrics | None = None,
 ) -> None:
     """Connect to an endpoint of the service (secure naming applies) and copy bytes both ways.
 
     Any failure to connect closes the app's connection: TCP has no way to say why (the
     log event does).
     """
+    if metrics is not None:
+        metrics.connection_opened("outbound")
     try:
         eps = endpoints.endpoints(cfg.service)
         if not eps:
@@ -43,8 +47,13 @@ async def serve_tcp_connection(
             return  # logged by the connector
         try:
             with drain.request():
-                await pump(conn, up)
+                moved = await pump(conn, up)
+            if metrics is not None:
+                # pump counts both directions together: what the app sent plus what came back.
+                metrics.add_bytes("outbound", read=moved)
         finally:
             up.close()
     finally:
         conn.close()
+        if metrics is not None:
+            metrics.connection_closed("outbound")
