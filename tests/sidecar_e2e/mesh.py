@@ -163,6 +163,7 @@ class ControlPlane:
     port: int
     process: Process
     extra_args: list[str] = field(default_factory=list)
+    store_args: list[str] = field(default_factory=list)  # ["--store", URL] for PostgreSQL
 
     @property
     def url(self) -> str:
@@ -179,6 +180,7 @@ class ControlPlane:
             spiffe or spiffe_id(name),
             "--service",
             name,
+            *self.store_args,
         )
         if done.returncode != 0:
             raise RuntimeError(f"token create failed: {done.stderr}")
@@ -326,8 +328,12 @@ class Mesh:
         svid_ttl: str | None = None,
         policy: str | None = ALLOW_ALL_POLICY,
         control_plane_args: Sequence[str] = (),
+        store_url: str | None = None,
     ) -> None:
         self.root = root
+        # With a PostgreSQL URL, several control planes (replicas) share one database.
+        self.store_args = ["--store", store_url] if store_url else []
+        self.replicas: list[ControlPlane] = []
         self.state_dir = root / "ca"
         self.policy_dir: Path | None = None
         self.sidecars: dict[str, Sidecar] = {}
@@ -356,22 +362,33 @@ class Mesh:
         return self.control_plane
 
     def _start_control_plane(self) -> None:
-        done = run_cli("ca", "init", "--trust-domain", TRUST_DOMAIN, "--state-dir", str(self.state_dir))
+        done = run_cli(
+            "ca", "init", "--trust-domain", TRUST_DOMAIN, "--state-dir", str(self.state_dir), *self.store_args
+        )
         if done.returncode != 0:
             raise RuntimeError(f"ca init failed: {done.stderr}")
-        args = ["control-plane", "--state-dir", str(self.state_dir), "--log-level", "info"]
+        self.control_plane = self.start_replica()
+
+    def start_replica(self) -> ControlPlane:
+        """A control plane on this mesh's state dir (and store); call again for another replica."""
+        args = ["control-plane", "--state-dir", str(self.state_dir), "--log-level", "info", *self.store_args]
         if self._policy is not None:
-            self.policy_dir = self.root / "policy"
-            self.policy_dir.mkdir()
-            (self.policy_dir / "policy.yaml").write_text(self._policy)
+            if self.policy_dir is None:
+                self.policy_dir = self.root / "policy"
+                self.policy_dir.mkdir()
+                (self.policy_dir / "policy.yaml").write_text(self._policy)
             args += ["--policy-dir", str(self.policy_dir)]
         if self._svid_ttl is not None:
             args += ["--svid-ttl", self._svid_ttl]
         port = free_port()
         args += ["--listen", f"{LOOPBACK}:{port}", *self._cp_args]
-        process = Process("control-plane", [*trustmesh_command(), *args], self.root / "control-plane.log")
-        self.control_plane = ControlPlane(self.state_dir, port, process)
-        self.control_plane.start()
+        n = len(self.replicas)
+        name = "control-plane" if n == 0 else f"control-plane-{n + 1}"
+        process = Process(name, [*trustmesh_command(), *args], self.root / f"{name}.log")
+        replica = ControlPlane(self.state_dir, port, process, store_args=self.store_args)
+        self.replicas.append(replica)
+        replica.start()
+        return replica
 
     def start_app(self) -> EchoApp:
         app = EchoApp()
@@ -465,9 +482,9 @@ class Mesh:
                 sidecar.stop()
             except Exception as exc:  # keep stopping the rest; re-raised below
                 errors.append(exc)
-        if self.control_plane is not None:
+        for replica in self.replicas:
             try:
-                self.control_plane.stop()
+                replica.stop()
             except Exception as exc:
                 errors.append(exc)
         for app in self.apps:

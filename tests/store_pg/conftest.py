@@ -8,7 +8,7 @@ interchangeable behind `Store`. The cluster starts only when a PostgreSQL case r
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,18 +19,11 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.pgcluster import PgCluster, running_cluster  # noqa: E402
+from tests.pgcluster import PgCluster  # noqa: E402
 from trustmesh.store import SqliteStore, Store  # noqa: E402
 from trustmesh.store.postgres import PostgresStore, open_postgres_store  # noqa: E402
 
 StoreOpener = Callable[[], Awaitable[Store]]
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    """A real PostgreSQL server for the whole session, stopped (by pg_ctl, else by PID) at the end."""
-    with running_cluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture
