@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
-SECTIONS = ("sidecar", "ca", "policy")
+SECTIONS = ("sidecar", "ca", "policy", "stream")
 # Debian package providing each tool the sidecar benchmark runs.
 TOOLS = {"nginx": "nginx-light", "stunnel4": "stunnel4", "wrk": "wrk"}
 # A section subprocess that runs longer than this is stopped and reported as failed.
@@ -188,7 +188,8 @@ def _block(section: Section, command: str, when: str) -> str:
     measured = f"_Measured {when} by `{command}` in {section.seconds:.0f} s: {section.status}._"
     body = section.body
     if section.status != "ok":
-        title = {"sidecar": "Sidecar data plane", "ca": "CA", "policy": "Policy engine"}[section.name]
+        title = {"sidecar": "Sidecar data plane", "ca": "CA", "policy": "Policy engine",
+                 "stream": "Configuration stream"}[section.name]
         body = f"## {title}: {section.status}\n\n{body}"
     # The measured line goes right under the section's own heading.
     head, _, rest = body.partition("\n")

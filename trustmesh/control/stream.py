@@ -159,6 +159,7 @@ class StreamHub:
         self._connections: dict[str, _Connection] = {}
         self._bundle: tuple[tuple[object, ...], str] = ((), "")
         self._policy_payload: sp.PolicyPayload | None = None
+        self._policy_text: str | None = None  # encode_policy(_policy_payload), once per revision
         self._closing = False
 
     # -- what others call ----------------------------------------------------------------
@@ -227,7 +228,7 @@ class StreamHub:
         while True:
             changed = policy.changed
             await changed.wait()
-            self._policy_payload = None
+            self._policy_payload = self._policy_text = None
             self._bump()
             active = policy.watcher.active
             log.info(
@@ -251,6 +252,7 @@ class StreamHub:
         if cached is None or cached.revision != active.revision.id:
             cached = sp.PolicyPayload(active.revision.id, active.revision.message, dict(active.sources))
             self._policy_payload = cached
+            self._policy_text = sp.encode_policy(cached)
         return cached
 
     def _endpoints_of(self, services: Sequence[str]) -> dict[str, tuple[sp.Endpoint, ...]]:
@@ -471,7 +473,7 @@ class StreamHub:
             del conn.unacked[min(conn.unacked)]
         conn.version_sent = version
         with trio.fail_after(SEND_TIMEOUT_S):
-            await websocket.send_text(sp.encode(message))
+            await websocket.send_text(sp.encode(message, policy_text=self._policy_text))
 
 
 def _endpoint(record: EndpointRecord) -> sp.Endpoint:

@@ -201,9 +201,25 @@ def to_json(message: Message) -> dict[str, Any]:
     return body
 
 
-def encode(message: Message) -> str:
-    """One websocket text frame."""
-    return json.dumps(to_json(message), separators=(",", ":"))
+def encode_policy(policy: PolicyPayload) -> str:
+    """The JSON text of a policy payload, for `encode(..., policy_text=...)`."""
+    return json.dumps(_policy_json(policy), separators=(",", ":"))
+
+
+def encode(message: Message, *, policy_text: str | None = None) -> str:
+    """One websocket text frame.
+
+    `policy_text` is `encode_policy(message.policy)` computed once by the caller: the control
+    plane sends the same revision to every sidecar, and base64 plus JSON of the files is most
+    of the cost of an update, so it is done once per revision rather than once per stream.
+    """
+    policy = getattr(message, "policy", None)
+    if policy_text is None or policy is None:
+        return json.dumps(to_json(message), separators=(",", ":"))
+    body = to_json(message)
+    body.pop("policy")
+    head = json.dumps(body, separators=(",", ":"))
+    return f'{head[:-1]},"policy":{policy_text}}}'
 
 
 # ---------------------------------------------------------------- decoding
