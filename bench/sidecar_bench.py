@@ -34,6 +34,11 @@ from bench import clients, loadgen, procs, topologies
 from bench.certs import Pki, make_pki
 from bench.topologies import BODY_BYTES, BODY_PATH, BULK_PATH, LOOPBACK, Leg, LegUnavailable
 
+# Issue 6: tracing on at 100% sampling (exporting to a local collector) may cost at most this
+# share of the keep-alive throughput of the same sidecar pair with tracing off.
+TARGET_TRACING_MAX_LOSS = 0.25
+TRACED_LEG = "trustmesh-traced"
+
 # Targets of issue 3, as ratios on the same machine in the same run.
 TARGET_KEEPALIVE_VS_STUNNEL = 0.50
 TARGET_P99_ADDED_MS = 1.5
@@ -287,6 +292,15 @@ def run(quick: bool = False, log_dir: Path | None = None, pin: bool = True) -> R
                 except _START_FAILURES as exc:
                     unavailable[name] = str(exc).strip()
                     _say(f"{name} leg unavailable: {unavailable[name]}")
+            collector = _Collector()
+            try:
+                legs.append(topologies.start_trustmesh(
+                    running, work, pki, backend, server_cpus or [], name=TRACED_LEG,
+                    sidecar_args=["--otlp-endpoint", collector.endpoint, "--trace-sample-ratio", "1.0"],
+                ))
+            except _START_FAILURES as exc:
+                unavailable[TRACED_LEG] = str(exc).strip()
+                _say(f"{TRACED_LEG} leg unavailable: {unavailable[TRACED_LEG]}")
             results = []
             for leg in legs:
                 try:
@@ -306,16 +320,21 @@ def run(quick: bool = False, log_dir: Path | None = None, pin: bool = True) -> R
                 for _ in range(s.saturation_rounds):
                     for r in results:
                         _saturation(r, s, client_cpus)
+                # The tracing leg is measured for keep-alive throughput only (issue 6's target).
+                untraced = [r for r in results if r.leg.name != TRACED_LEG]
                 for _ in range(s.latency_rounds):
-                    for r in results:
+                    for r in untraced:
                         _latency(r, s)
                 for _ in range(s.conns_rounds):
-                    for r in results:
+                    for r in untraced:
                         _conns(r, s, pki)
-                for r in results:
+                for r in untraced:
                     _bulk(r, s)
             finally:
                 procs.set_affinity(own_affinity)
+                collector.close()
+                if collector.received_bytes:
+                    _say(f"{TRACED_LEG}: the collector received {collector.received_bytes} bytes of spans")
     return Run(s, pinning, pki.source, results, unavailable, started, time.monotonic() - t0)
 
 
@@ -443,6 +462,24 @@ def markdown(run_: Run) -> str:
             f"| {', '.join(f'{v:.0f}' for v in r.conns_rounds) or '—'} |"
         )
 
+    traced = by.get(TRACED_LEG)
+    if traced is not None:
+        loss = None
+        if rps(traced) is not None and rps(tm):
+            loss = 1.0 - (rps(traced) or 0.0) / (rps(tm) or 1.0)
+        ok = loss is not None and loss <= TARGET_TRACING_MAX_LOSS
+        out += ["", "### Tracing on at 100% sampling (issue 6)", "",
+                "| leg | keep-alive req/s | throughput lost vs tracing off | target | result |",
+                "|---|---:|---:|---:|---|",
+                f"| {TRACED_LEG} | {_fmt(rps(traced))} | {_fmt(loss, '.0%')} "
+                f"| ≤ {TARGET_TRACING_MAX_LOSS:.0%} | {'**pass**' if ok else '**FAIL**'} |",
+                "",
+                "Both sidecars with `--otlp-endpoint` (a local OTLP/HTTP collector thread in the harness, "
+                "on the load-generator CPU) and `--trace-sample-ratio 1.0`: a CLIENT span on the client "
+                "sidecar and a SERVER span on the server sidecar for every request, batched and "
+                "exported. "
+                "Same wrk runs as the keep-alive column, interleaved with the other legs."]
+
     direct_p99 = p(d, 99)
     if direct_p99 is not None and direct_p99 > TARGET_P99_ADDED_MS:
         out += ["", f"Note: direct's own p99 was {direct_p99:.3f} ms, more than the whole latency budget: "
@@ -481,6 +518,38 @@ def markdown(run_: Run) -> str:
     if tm is not None and tm.leg.note:
         out.append(f"- trustmesh: {tm.leg.note}.")
     return "\n".join(out) + "\n"
+
+
+class _Collector:
+    """A local OTLP/HTTP endpoint for the tracing leg: accepts `POST /v1/traces`, counts, discards."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        collector = self
+        self.received_bytes = 0  # a sign of life
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_POST(self) -> None:
+                collector.received_bytes += len(self.rfile.read(int(self.headers.get("content-length") or 0)))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://{LOOPBACK}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import os
 import subprocess
 import textwrap
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,8 +196,14 @@ spec:
 """
 
 
-def start_trustmesh(procs: Processes, work: Path, pki: Pki, backend_port: int, cpu_list: list[int]) -> Leg:
+def start_trustmesh(
+    procs: Processes, work: Path, pki: Pki, backend_port: int, cpu_list: list[int],
+    *, name: str = "trustmesh", sidecar_args: Sequence[str] = (),
+) -> Leg:
     """Control plane plus a client and a server sidecar, each joined with its own token.
+
+    `name` names the leg (its work directory and process names); `sidecar_args` go to both
+    sidecars (the tracing leg passes `--otlp-endpoint`).
 
     The sidecars get their SVIDs from the control plane running on the CA that issued
     the stunnel pair's certificates, so both legs handshake with the same PKI.
@@ -208,8 +215,9 @@ def start_trustmesh(procs: Processes, work: Path, pki: Pki, backend_port: int, c
         probe = subprocess.run([*trustmesh_command(), needed, "--help"], capture_output=True, timeout=60)
         if probe.returncode != 0:
             raise LegUnavailable(f"`trustmesh {needed}` does not exist in this checkout yet")
-    root = work / "trustmesh"
+    root = work / name
     root.mkdir()
+    prefix = "" if name == "trustmesh" else name + "-"
     # Policy is default deny once enforcement exists: one ALLOW rule lets web call api, and the
     # inbound evaluates it on every request, as it would in production. It goes wherever this
     # checkout takes policy from: the control plane, the sidecar, or both.
@@ -224,7 +232,7 @@ def start_trustmesh(procs: Processes, work: Path, pki: Pki, backend_port: int, c
     web_token = _trustmesh("token", "create", "--state-dir", str(pki.state_dir), "--spiffe-id", WEB_ID,
                            "--service", "web").splitlines()[-1]
     cp_port = free_port()
-    cp = procs.start("control-plane", [
+    cp = procs.start(prefix + "control-plane", [
         *trustmesh_command(), "control-plane", "--state-dir", str(pki.state_dir),
         "--listen", f"{LOOPBACK}:{cp_port}", *cp_policy,
     ], cpu_list=cpu_list)
@@ -248,24 +256,26 @@ def start_trustmesh(procs: Processes, work: Path, pki: Pki, backend_port: int, c
     inbound_port, outbound_port = free_port(), free_port()
     server_admin, client_admin = free_port(), free_port()
     # `--debug`: if a sidecar dies, its log ends with the traceback the report quotes.
-    server = procs.start("sidecar-server", [
+    server = procs.start(prefix + "sidecar-server", [
         *trustmesh_command(), "--debug", "sidecar",
         "--control-plane", control_plane, "--join-token", api_token,
         "--inbound", f"{LOOPBACK}:{inbound_port}={LOOPBACK}:{backend_port}",
         "--admin", f"{LOOPBACK}:{server_admin}", "--data-dir", str(root / "server"), *extra_args, *log_args,
+        *sidecar_args,
     ], cpu_list=cpu_list)
-    client = procs.start("sidecar-client", [
+    client = procs.start(prefix + "sidecar-client", [
         *trustmesh_command(), "--debug", "sidecar",
         "--control-plane", control_plane, "--join-token", web_token,
         "--outbound", f"api={LOOPBACK}:{outbound_port}",
         "--endpoints", f"api={LOOPBACK}:{inbound_port}@{API_ID}",
         "--admin", f"{LOOPBACK}:{client_admin}", "--data-dir", str(root / "client"), *log_args,
+        *sidecar_args,
     ], cpu_list=cpu_list)
     for proc, admin in ((server, server_admin), (client, client_admin)):
         _wait_ready(proc, admin)
     wait_port(LOOPBACK, outbound_port, START_TIMEOUT_S, client.popen)
     wait_port(LOOPBACK, inbound_port, START_TIMEOUT_S, server.popen)
-    return Leg("trustmesh", outbound_port, inbound_port, [client, server], note)
+    return Leg(name, outbound_port, inbound_port, [client, server], note)
 
 
 def settle(seconds: float = 1.0) -> None:
