@@ -49,9 +49,17 @@ async def _json_body(request: Request) -> dict[str, Any]:
         if len(body) > MAX_BODY_BYTES:
             raise ApiError(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Strict UTF-8 first: json.loads(bytes) lets encoded surrogates through ("surrogatepass").
+        text = body.decode("utf-8")
+        data = json.loads(text)
+        if "\\u" in text:
+            # A `\ud800` escape decodes to a lone surrogate, which every later .encode() refuses.
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        # `[[[[…` a few thousand deep (well under 64 KiB) exhausts json's recursion limit.
+        raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     return data
