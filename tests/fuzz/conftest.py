@@ -1,0 +1,31 @@
+"""Fixtures for the fuzz tests: a CA and the web/api identities (module scope), as the proxy tests use."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# `from tests.sidecar_proxy.harness import ...` needs the repository root importable (pytest
+# runs with --import-mode=importlib, which does not add it).
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.sidecar_proxy.harness import API, WEB, Pki, StaticIdentity, make_pki  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def web(pki: Pki) -> StaticIdentity:
+    return pki.identity(WEB)
+
+
+@pytest.fixture(scope="module")
+def api(pki: Pki) -> StaticIdentity:
+    return pki.identity(API)
