@@ -279,12 +279,14 @@ async def test_renew_without_client_certificate_is_401(running: Running) -> None
 
 async def test_renew_with_expired_svid_is_403_and_records_nothing(running: Running) -> None:
     svid = await _svid(running)
-    running.clock.advance(timedelta(hours=2))  # past the 1h SVID, within the 24h intermediate
+    # Past the 1h SVID and past the 24h recovery grace (tests/control/test_expired_recovery.py
+    # covers renewals within it).
+    running.clock.advance(timedelta(hours=26))
     before = await running.snapshot()
     async with ControlPlaneClient(running.address, svid) as cp:
         with pytest.raises(ControlPlaneError) as info:
             await cp.renew()
-    assert info.value.status == 403 and info.value.error == "svid_rejected"
+    assert info.value.status == 403 and info.value.error == "join_token_needed"
     assert "expired" in info.value.detail
     assert await running.snapshot() == before
 

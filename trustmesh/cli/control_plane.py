@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from datetime import timedelta
 
 import structlog
 import trio
@@ -13,9 +14,10 @@ from trustmesh.cli._common import add_state_dir, duration_flag, load_ca
 from trustmesh.cli.errors import CliError, innermost
 from trustmesh.clock import SystemClock
 from trustmesh.control.gui.listener import DEFAULT_GUI_LISTEN, GuiListener, RemoteGuiRefused
+from trustmesh.control.issuer import DEFAULT_EXPIRED_RENEW_GRACE
 from trustmesh.control.policy_service import DEFAULT_POLICY_POLL, PolicyService
 from trustmesh.control.server import ControlPlane, parse_listen
-from trustmesh.durations import format_duration
+from trustmesh.durations import format_duration, parse_duration
 from trustmesh.policy.source import DirSource, GitSource, PolicySourceError
 from trustmesh.policy.watcher import PolicyWatcher
 from trustmesh.store import PostgresStoreError
@@ -34,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--svid-ttl",
         default=format_duration(DEFAULT_X509_SVID_TTL),
         help=f"lifetime of issued X.509-SVIDs (default {format_duration(DEFAULT_X509_SVID_TTL)})",
+    )
+    parser.add_argument(
+        "--expired-renew-grace",
+        default=format_duration(DEFAULT_EXPIRED_RENEW_GRACE),
+        help="how long after expiry an SVID that was never renewed may still be renewed by proving "
+        f"possession of its key (default {format_duration(DEFAULT_EXPIRED_RENEW_GRACE)}; 0s turns it off)",
     )
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument(
@@ -95,6 +103,17 @@ def _gui(args: argparse.Namespace) -> GuiListener | None:
         raise CliError(f"--gui: {exc}") from exc
 
 
+def _grace(text: str) -> timedelta:
+    """`--expired-renew-grace`: a duration like every other, except that 0s is allowed (off)."""
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise CliError(f"--expired-renew-grace: {exc}") from exc
+    if value < timedelta(0):
+        raise CliError(f"--expired-renew-grace: duration {text!r} must not be negative")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     configure_logging(level=args.log_level)
     try:
@@ -103,12 +122,15 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     load_ca(args.state_dir)  # fail with one line before binding anything
     if args.store is not None and not args.store.startswith(("sqlite:///", "postgres://", "postgresql://")):
-        raise CliError(f"--store: unsupported store URL {args.store!r}: expected sqlite:///PATH or postgresql://...")
+        raise CliError(
+            f"--store: unsupported store URL {args.store!r}: expected sqlite:///PATH or postgresql://..."
+        )
     control_plane = ControlPlane(
         args.state_dir,
         host=host,
         port=port,
         svid_ttl=duration_flag(args.svid_ttl, "--svid-ttl"),
+        expired_renew_grace=_grace(args.expired_renew_grace),
         policy=_policy_service(args),
         store_url=args.store,
         gui=_gui(args),

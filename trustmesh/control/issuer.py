@@ -11,6 +11,11 @@ Order of a join, chosen so that a failed request changes nothing:
 3. sign the SVID (the CA changes no persistent state),
 4. consume the token and append the audit row in one transaction with a conditional
    UPDATE; if a concurrent join won the race, the signed certificate is thrown away.
+
+Renewal normally needs a currently valid SVID. One exception, `_recover`: an SVID that
+expired while its holder could not reach us (control plane down) may be renewed once,
+within `expired_renew_grace`, because the mTLS handshake still proves possession of its
+key and the audit log proves we issued it and nothing has replaced it since.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 import structlog
+import trio
 from cryptography import x509
 from prometheus_client import Counter
 
@@ -28,6 +34,7 @@ from trustmesh.ca import CertificateAuthority, CsrRejected, IssuedX509Svid, chec
 from trustmesh.ca.join_token import DEFAULT_JOIN_TOKEN_TTL, InvalidJoinToken, JoinToken, secret_matches
 from trustmesh.clock import Clock
 from trustmesh.control.errors import TOKEN_REJECTED_DETAIL, ApiError
+from trustmesh.durations import format_duration
 from trustmesh.identity import SpiffeId, SvidError, TrustBundle, validate_x509_svid
 from trustmesh.store import (
     CaKeyRecord,
@@ -47,6 +54,12 @@ JWT_SVIDS_ISSUED = Counter("trustmesh_jwt_svids_issued", "JWT-SVIDs issued by th
 # A JWT-SVID names its audiences; a handful is plenty, and a cap keeps tokens small.
 MAX_AUDIENCES = 16
 MAX_AUDIENCE_LEN = 2048
+# How long after expiry an SVID may still be renewed (`_recover`): a day covers a control
+# plane down overnight, yet a stolen key whose SVID lapsed is useless after it (and only
+# while the SVID was never renewed). `--expired-renew-grace 0s` turns recovery off.
+DEFAULT_EXPIRED_RENEW_GRACE = timedelta(hours=24)
+# What a refused recovery tells the caller to do; the sidecar shows it on /ready.
+JOIN_TOKEN_NEEDED = "join_token_needed"
 # Validated caller chains remembered (see `_ValidatedChains`): more than the workloads
 # that renew within one SVID lifetime on a busy control plane; the oldest go first.
 MAX_VALIDATED_CHAINS = 4096
@@ -128,11 +141,16 @@ class Issuer:
         clock: Clock,
         *,
         svid_ttl: timedelta | None = None,
+        expired_renew_grace: timedelta = DEFAULT_EXPIRED_RENEW_GRACE,
     ) -> None:
         self.ca = ca
         self.store = store
         self.clock = clock
         self.svid_ttl = svid_ttl
+        self.expired_renew_grace = expired_renew_grace
+        # Recovery checks "not renewed yet" and then records the renewal: one at a time in
+        # this process, so two racing requests with one expired SVID get one SVID.
+        self._recovery_lock = trio.Lock()
         self._validated = _ValidatedChains()
         self._bundle_pem: tuple[tuple[x509.Certificate, ...], str] = ((), "")
 
@@ -218,12 +236,34 @@ class Issuer:
         return self._issued(spiffe_id, issued, serial, auth, "join")
 
     async def renew(self, peer_chain: Sequence[x509.Certificate], csr_pem: str) -> IssuedResponse:
-        """A fresh SVID for the same SPIFFE ID as the caller's current, valid SVID."""
-        caller = self.authenticate(peer_chain)
-        csr = _check_csr(csr_pem)
+        """A fresh SVID for the same SPIFFE ID as the caller's current, valid SVID.
+
+        A caller whose SVID has expired goes through `_recover` instead (audit `recover:`).
+        """
+        if not peer_chain:
+            self.authenticate(peer_chain)  # the 401
+        try:
+            caller = self._validated.validate(peer_chain, self.ca.bundle(), self.clock.now())
+        except SvidError as exc:
+            if exc.reason != "expired":
+                log.warning("svid_auth_refused", reason=exc.reason, detail=str(exc))
+                raise ApiError(403, "svid_rejected", f"client SVID rejected: {exc}") from exc
+            csr = _check_csr(csr_pem)
+            async with self._recovery_lock:
+                caller = await self._recoverable(peer_chain)
+                return await self._renew_for(caller, peer_chain, csr, "recover")
+        return await self._renew_for(caller, peer_chain, _check_csr(csr_pem), "renew")
+
+    async def _renew_for(
+        self,
+        caller: SpiffeId,
+        peer_chain: Sequence[x509.Certificate],
+        csr: x509.CertificateSigningRequest,
+        method: str,
+    ) -> IssuedResponse:
         issued = self.ca.sign_x509_svid(csr, caller, ttl=self.svid_ttl)
         serial = serial_text(issued.serial)
-        auth = f"renew:{serial_text(peer_chain[0].serial_number)}"
+        auth = f"{method}:{serial_text(peer_chain[0].serial_number)}"
         await self.store.record_svid(
             IssuedSvidRecord(
                 serial=serial,
@@ -233,7 +273,64 @@ class Issuer:
                 auth=auth,
             )
         )
-        return self._issued(caller, issued, serial, auth, "renew")
+        return self._issued(caller, issued, serial, auth, method)
+
+    async def _recoverable(self, peer_chain: Sequence[x509.Certificate]) -> SpiffeId:
+        """The SPIFFE ID of an expired caller SVID that may still be renewed, or a 403 saying why not.
+
+        TLS has proved the caller holds the leaf's key and that the chain leads to one of
+        our roots (OpenSSL checks everything but time, see tls.py). Here: it expired less
+        than the grace ago; it was a valid SVID of ours at the last moment of its life,
+        under a root still in today's bundle; the audit log says we issued this serial to
+        this SPIFFE ID; and no renewal or recovery has been made with it since, so a key
+        that was rotated away (or stolen and used once) cannot come back.
+        """
+        leaf = peer_chain[0]
+        serial = serial_text(leaf.serial_number)
+        expired_at = leaf.not_valid_after_utc
+        now = self.clock.now()
+        grace = self.expired_renew_grace
+        if grace <= timedelta(0):
+            self._recovery_refused("disabled", serial, expired_at, "recovery of expired SVIDs is turned off")
+        if now - expired_at > grace:
+            self._recovery_refused(
+                "beyond_grace",
+                serial,
+                expired_at,
+                f"that is more than the recovery grace ({format_duration(grace)}) ago",
+            )
+        try:
+            # One second before notAfter every certificate of a chain we built was valid
+            # (an SVID never outlives its intermediate); the roots are today's bundle.
+            spiffe_id = validate_x509_svid(peer_chain, self.ca.bundle(), expired_at - timedelta(seconds=1))
+        except SvidError as exc:
+            self._recovery_refused(exc.reason, serial, expired_at, f"it does not validate: {exc}")
+        record = await self.store.get_svid(serial)
+        if record is None or record.spiffe_id != str(spiffe_id):
+            self._recovery_refused(
+                "not_issued", serial, expired_at, f"no record of issuing it to {spiffe_id}"
+            )
+        used = {f"renew:{serial}", f"recover:{serial}"}
+        # A scan of the audit log: recovery is rare (an outage), and the log has no index by auth.
+        if any(row.auth in used for row in await self.store.list_svids()):
+            self._recovery_refused("already_renewed", serial, expired_at, "it has already been renewed")
+        log.info(
+            "svid_recovery_accepted",
+            spiffe_id=str(spiffe_id),
+            serial=serial,
+            expired_at=rfc3339(expired_at),
+            expired_for_s=int((now - expired_at).total_seconds()),
+        )
+        return spiffe_id
+
+    def _recovery_refused(self, reason: str, serial: str, expired_at: datetime, why: str) -> NoReturn:
+        log.warning("svid_recovery_refused", reason=reason, serial=serial, expired_at=rfc3339(expired_at))
+        raise ApiError(
+            403,
+            JOIN_TOKEN_NEEDED,
+            f"client SVID (serial {serial}) expired at {rfc3339(expired_at)} and cannot be renewed: {why}; "
+            "a new join token is needed (trustmesh token create)",
+        )
 
     async def jwt_svid(self, peer_chain: Sequence[x509.Certificate], audience: Sequence[str]) -> str:
         """A JWT-SVID for the authenticated caller, for the given audiences."""

@@ -33,7 +33,7 @@ from trustmesh.ca import CertificateAuthority
 from trustmesh.clock import Clock, SystemClock
 from trustmesh.control.app import PEER_CHAIN, build_app
 from trustmesh.control.gui.listener import GuiListener
-from trustmesh.control.issuer import Issuer, record_ca_keys
+from trustmesh.control.issuer import DEFAULT_EXPIRED_RENEW_GRACE, Issuer, record_ca_keys
 from trustmesh.control.policy_service import PolicyService
 from trustmesh.control.stream import StreamHub, StreamSettings
 from trustmesh.control.tls import ServerTls, peer_chain
@@ -69,6 +69,8 @@ class ControlPlane:
     host: str = "127.0.0.1"
     port: int = 8443
     svid_ttl: timedelta | None = None
+    # How long after expiry an SVID may still be renewed (Issuer._recover); 0 turns it off.
+    expired_renew_grace: timedelta = DEFAULT_EXPIRED_RENEW_GRACE
     clock: Clock = field(default_factory=SystemClock)
     store_url: str | None = None
     rotation_check: timedelta = DEFAULT_ROTATION_CHECK
@@ -99,7 +101,9 @@ class ControlPlane:
         store = await open_store(self.state_dir, self.store_url)
         try:
             self.ca, self.store = ca, store
-            self.issuer = Issuer(ca, store, self.clock, svid_ttl=self.svid_ttl)
+            self.issuer = Issuer(
+                ca, store, self.clock, svid_ttl=self.svid_ttl, expired_renew_grace=self.expired_renew_grace
+            )
             self.tls = ServerTls(ca, self.clock, self.host, self.svid_ttl)
             self.tls.refresh()
             self.stream = StreamHub(

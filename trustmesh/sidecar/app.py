@@ -119,7 +119,7 @@ class _State:
         if self.identity.svid_info() is None:
             return False, "starting: no SVID yet"
         if not self.identity.serving():
-            return False, "SVID expired: failed closed"
+            return False, self.identity.not_serving_reason()
         if not self.proxies_up:
             return False, "starting: listeners not bound"
         return True, "ready"

@@ -39,7 +39,15 @@ class ControlPlaneError(Exception):
 
 
 class ControlPlaneRejected(ControlPlaneError):
-    """A control plane said no (4xx) or is not the one the token pins: retrying won't help."""
+    """A control plane said no (4xx) or is not the one the token pins: retrying won't help.
+
+    `error` is the API's stable error code (e.g. `join_token_needed` when an expired SVID
+    can no longer be recovered), so callers can act on it without parsing the message.
+    """
+
+    def __init__(self, message: str, error: str = "") -> None:
+        super().__init__(message)
+        self.error = error
 
 
 def check_url(url: str) -> str:
@@ -107,7 +115,7 @@ class ControlPlaneClient:
                 return await attempt(url)
             except join_client.ControlPlaneError as err:
                 if 400 <= err.status < 500 or err.error in _FATAL_ERRORS:
-                    raise ControlPlaneRejected(f"{url}: {err}") from err
+                    raise ControlPlaneRejected(f"{url}: {err}", err.error) from err
                 log.warning("control_plane_unavailable", op=op, url=url, error=str(err))
                 last = ControlPlaneError(f"{url}: {err}")
             except (KeyError, TypeError, ValueError) as err:

@@ -12,8 +12,11 @@ the TLS contexts of their *next* handshake and never see a key or the control pl
   them at once, established connections keep the context they were made with.
 - Control plane down: retry with capped exponential backoff and full jitter, keep serving
   while the SVID is valid. Once it has expired `serving()` is False: the proxies refuse
-  new connections and `/ready` answers 503 (fail closed). A renewal that succeeds later
-  brings the sidecar back.
+  new connections and `/ready` answers 503 (fail closed). Renewal keeps being tried with
+  the expired SVID: a control plane back within its `--expired-renew-grace` renews it
+  (the handshake proves we hold the key), and the sidecar serves again on its own. Past
+  the grace the control plane answers `join_token_needed`; we log it, say it on /ready,
+  and keep trying at the backoff cap (an operator may raise the grace and restart it).
 - Bundle: renew responses carry the roots; between renewals the roots are refreshed
   every `bundle_refresh` so a root rotation reaches new handshakes without a restart.
 
@@ -58,6 +61,11 @@ RENEW_JITTER = 0.05
 # library): a control plane coming back is not hit by every sidecar in the same second.
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
+# The control plane's error code for an expired SVID it will no longer renew (issuer.py).
+JOIN_TOKEN_NEEDED = "join_token_needed"
+# What /ready says when failed closed, and when failed closed for good.
+FAILED_CLOSED_REASON = "SVID expired: failed closed"
+NEEDS_TOKEN_REASON = "SVID expired beyond the recovery grace: needs a new join token"
 # How often the roots are refreshed between renewals; the bundle's own refresh hint
 # (B-06, five minutes by default) says the same.
 DEFAULT_BUNDLE_REFRESH = timedelta(minutes=5)
@@ -205,6 +213,9 @@ class IdentityLifecycle:
         self._contexts: _Contexts | None = None
         self._renew_at: datetime | None = None
         self._renew_now = trio.Event()
+        # Set when the control plane refused to renew our expired SVID for good (past the
+        # recovery grace); cleared by any SVID installed later.
+        self._needs_join_token = False
         # Renewal and bundle refresh both rebuild the contexts; one at a time, so the last
         # swap always pairs the newest SVID with the newest bundle.
         self._install_lock = trio.Lock()
@@ -233,6 +244,12 @@ class IdentityLifecycle:
         """True while we hold an SVID inside its validity window: the fail-closed switch."""
         info = self._info
         return info is not None and info.not_before <= self._clock.now() < info.not_after
+
+    def not_serving_reason(self) -> str:
+        """Why `serving()` is False, as `/ready` shows it (one short phrase)."""
+        if self._info is None:
+            return "starting: no SVID yet"
+        return NEEDS_TOKEN_REASON if self._needs_join_token else FAILED_CLOSED_REASON
 
     # ----- for the admin server -----
 
@@ -347,6 +364,20 @@ class IdentityLifecycle:
                 outcome = "refused" if isinstance(err, ControlPlaneRejected) else "error"
                 if self._metrics:
                     self._metrics.renewals.labels(outcome=outcome).inc()
+                if isinstance(err, ControlPlaneRejected) and err.error == JOIN_TOKEN_NEEDED:
+                    # Past the recovery grace: only an operator can help. Keep asking at the
+                    # cap (the grace may be raised), but say plainly what is needed.
+                    if not self._needs_join_token:
+                        log.error(
+                            "svid_needs_join_token",
+                            spiffe_id=str(info.spiffe_id),
+                            serial=format(info.serial, "x"),
+                            not_after=_rfc3339(info.not_after),
+                            error=str(err),
+                            action="restart the sidecar with a new --join-token",
+                        )
+                    self._needs_join_token = True
+                    delay = BACKOFF_CAP
                 log.warning(
                     "svid_renew_failed",
                     spiffe_id=str(info.spiffe_id),
@@ -364,6 +395,7 @@ class IdentityLifecycle:
 
     async def _renew(self) -> None:
         old = self._require_info()
+        was_expired = self._clock.now() >= old.not_after
         issued = await self._client.renew(self._require_svid(), new_key())
         if issued.spiffe_id != str(old.spiffe_id):
             # The control plane must renew the identity we presented; anything else is a bug
@@ -380,6 +412,14 @@ class IdentityLifecycle:
             previous_serial=format(old.serial, "x"),
             not_after=_rfc3339(new.not_after),
         )
+        if was_expired:
+            # The control plane accepted our expired SVID within its recovery grace.
+            log.info(
+                "svid_recovered",
+                spiffe_id=str(new.spiffe_id),
+                previous_serial=format(old.serial, "x"),
+                expired_for_s=round((self._clock.now() - old.not_after).total_seconds(), 3),
+            )
 
     async def _bundle_loop(self) -> None:
         while True:
@@ -457,6 +497,7 @@ class IdentityLifecycle:
             str(spiffe_id), svid_files.chain_pem(chain), key, bundle_pem, leaf.not_valid_after_utc
         )
         self._info = info
+        self._needs_join_token = False
         self._renew_at = renewal_time(self._clock.now(), info.not_after, self._rng)
         if self._metrics:
             _show_certificates(self._metrics, info, bundle)
