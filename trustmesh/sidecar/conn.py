@@ -10,6 +10,12 @@ copy in between.
 Trio needs a checkpoint now and then to deliver cancellation and keep other tasks running;
 an operation that never has to wait takes one every `_CHECKPOINT_EVERY` operations, so a
 fast peer cannot starve the scheduler or outrun a timeout.
+
+Where the data cannot be there yet (the answer to a request we have just sent), trying
+first only costs a failed syscall and an exception: `recv_wait_first` waits first.
+
+Reads and writes call the `_ssl._SSLSocket` object's `read`/`write` directly: the
+`SSLSocket.recv → read → _sslobj.read` wrappers cost two Python frames per call.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import errno
 import os
 import socket
 import ssl
+from collections.abc import Callable
 
 import trio
 
@@ -40,7 +47,7 @@ class Conn:
     `ConnectionClosed` on a reset or a broken TLS stream.
     """
 
-    __slots__ = ("__weakref__", "_ops", "closed", "is_tls", "sock")
+    __slots__ = ("__weakref__", "_ops", "_read", "_write", "closed", "is_tls", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -48,18 +55,19 @@ class Conn:
         self.is_tls = isinstance(sock, ssl.SSLSocket)
         self.closed = False
         self._ops = 0
-
-    async def _maybe_checkpoint(self) -> None:
-        self._ops += 1
-        if self._ops >= _CHECKPOINT_EVERY:
-            self._ops = 0
-            await trio.lowlevel.checkpoint()
+        sslobj = getattr(sock, "_sslobj", None) if self.is_tls else None
+        # The same calls SSLSocket.recv/send end in, without their Python wrappers.
+        self._read: Callable[[int], bytes] = sslobj.read if sslobj is not None else sock.recv
+        self._write: Callable[[bytes | bytearray | memoryview], int] = (
+            sslobj.write if sslobj is not None else sock.send
+        )
 
     async def recv(self, size: int = RECV_SIZE) -> bytes:
+        read = self._read
         sock = self.sock
         while True:
             try:
-                data = sock.recv(size)
+                data = read(size)
             except (BlockingIOError, ssl.SSLWantReadError):
                 self._ops = 0
                 await trio.lowlevel.wait_readable(sock)
@@ -74,8 +82,25 @@ class Conn:
                 return b""
             except (ssl.SSLError, OSError) as exc:
                 raise ConnectionClosed(str(exc)) from exc
-            await self._maybe_checkpoint()
+            self._ops += 1
+            if self._ops >= _CHECKPOINT_EVERY:
+                self._ops = 0
+                await trio.lowlevel.checkpoint()
             return data
+
+    async def recv_wait_first(self, size: int = RECV_SIZE) -> bytes:
+        """`recv` for data that is not here yet: wait for readability before reading.
+
+        For the first read of a response to a request just sent, and after `recv_nowait`
+        found nothing: a read tried first would fail with EAGAIN (or `SSLWantReadError`)
+        nearly every time. Plaintext OpenSSL already holds (`pending()`) is returned
+        without waiting.
+        """
+        sock = self.sock
+        if not self.is_tls or not sock.pending():  # type: ignore[attr-defined]
+            self._ops = 0
+            await trio.lowlevel.wait_readable(sock)
+        return await self.recv(size)
 
     def recv_nowait(self) -> bytes | None:
         """One non-blocking read: data, `b""` at EOF, or None if nothing is there yet.
@@ -84,7 +109,7 @@ class Conn:
         to consume TLS 1.3 session tickets that arrived after the handshake.
         """
         try:
-            return self.sock.recv(RECV_SIZE)
+            return self._read(RECV_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return None
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
@@ -98,12 +123,29 @@ class Conn:
         OpenSSL writes a record whole or not at all (no partial-write mode), and on a
         would-block it must be retried with the same buffer, which is what happens here.
         """
+        write = self._write
+        try:
+            # The common case: the whole buffer goes in one call, no view is needed.
+            sent = write(data)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            sent = 0
+        except (ssl.SSLError, OSError) as exc:
+            raise ConnectionClosed(str(exc)) from exc
+        if sent < len(data):
+            await self._send_rest(data, sent)
+        self._ops += 1
+        if self._ops >= _CHECKPOINT_EVERY:
+            self._ops = 0
+            await trio.lowlevel.checkpoint()
+
+    async def _send_rest(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         sock = self.sock
-        view = memoryview(data)
+        write = self._write
+        view = memoryview(data)[offset:]
         try:
             while view:
                 try:
-                    sent = sock.send(view)
+                    sent = write(view)
                 except (BlockingIOError, ssl.SSLWantWriteError):
                     self._ops = 0
                     await trio.lowlevel.wait_writable(sock)
@@ -118,7 +160,6 @@ class Conn:
                 view = view[sent:]
         finally:
             view.release()
-        await self._maybe_checkpoint()
 
     async def send_eof(self) -> None:
         """Half-close: no more data from us; the peer can still send.
@@ -162,8 +203,20 @@ class Conn:
                 # best effort: the peer treats a missing close_notify as EOF too
                 with contextlib.suppress(ssl.SSLError, OSError):
                     sslobj.shutdown()
+        # The cached `_sslobj` methods would bypass SSLSocket's closed check, and the fd
+        # number may soon belong to another connection: make any later use fail instead.
+        self._read = _closed_read
+        self._write = _closed_write
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
+
+
+def _closed_read(size: int) -> bytes:
+    raise OSError(errno.EBADF, "connection closed")
+
+
+def _closed_write(data: bytes | bytearray | memoryview) -> int:
+    raise OSError(errno.EBADF, "connection closed")
 
 
 async def tls_handshake(sock: ssl.SSLSocket) -> None:

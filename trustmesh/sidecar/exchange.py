@@ -238,9 +238,13 @@ async def _relay_response(
     framing = ""
     started = False
     close = not request.keep_alive
+    # The request has just been sent: its answer cannot be here yet, so the first read
+    # waits before trying (a try would fail nearly always); later reads try first.
+    recv = up.recv_wait_first
     while True:
         try:
-            data = await up.recv()
+            data = await recv()
+            recv = up.recv
         except ConnectionClosed as exc:
             raise UpstreamFailed(str(exc), response_started=started) from exc
         if not data:

@@ -110,6 +110,27 @@ def _framing(headers: Headers) -> tuple[bool, int | None]:
     return chunked, length
 
 
+def _framing_of(fields: Headers | None) -> tuple[bool, int | None]:
+    """`_framing` of the fields `on_header` set aside as candidates (usually one or none)."""
+    return _framing(fields) if fields else (False, None)
+
+
+def _check_host(headers: Headers, version: str) -> None:
+    """RFC 9112 3.2: a request with more than one Host field, or HTTP/1.1 without one, is a 400.
+
+    Forwarded, two Hosts leave the app to pick one (the routing confusion host-header
+    attacks use), and a strict app refuses both cases anyway: the fuzzing saw 502s.
+    """
+    hosts = 0
+    for name, _ in headers:
+        if len(name) == 4 and name.lower() == b"host":
+            hosts += 1
+    if hosts > 1:
+        raise HttpError(400, "bad-request", "more than one Host field")
+    if not hosts and version == "1.1":
+        raise HttpError(400, "bad-request", "HTTP/1.1 request without a Host field")
+
+
 class _Parser:
     """What request and response parsing share: size accounting, trailers, event queue."""
 
@@ -120,6 +141,7 @@ class _Parser:
         self._raw_in_head = 0
         self._in_head = True
         self._headers: Headers = []
+        self._framing_fields: Headers | None = None
         self._trailers: Headers | None = None
 
     def _grow_head(self, size: int) -> None:
@@ -132,16 +154,25 @@ class _Parser:
         self._in_head = True
         self._head_size = 0
         self._headers = []
+        self._framing_fields = None
         self._trailers = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Called once per field from C: kept to a few operations (the size check inlined,
+        # framing candidates set aside by name length instead of a second pass).
+        n = len(name)
+        self._head_size += n + len(value) + _HEADER_OVERHEAD
+        if self._head_size > self._max_head:
+            raise HttpError(431, "head-too-large", f"request head over {self._max_head} bytes")
         if self._in_head:
-            self._grow_head(len(name) + len(value) + _HEADER_OVERHEAD)
             self._headers.append((name, value))
+            if n == 14 or n == 17:  # len("content-length"), len("transfer-encoding")
+                if self._framing_fields is None:
+                    self._framing_fields = []
+                self._framing_fields.append((name, value))
         else:
             if self._trailers is None:
                 self._trailers = []
-            self._grow_head(len(name) + len(value) + _HEADER_OVERHEAD)
             self._trailers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
@@ -199,7 +230,8 @@ class RequestParser(_Parser):
 
     def on_headers_complete(self) -> None:
         p = self._p
-        chunked, length = _framing(self._headers)
+        _check_host(self._headers, p.get_http_version())
+        chunked, length = _framing_of(self._framing_fields)
         self.events.append(
             RequestHead(
                 p.get_method(),
@@ -256,7 +288,7 @@ class ResponseParser(_Parser):
     def on_headers_complete(self) -> None:
         p = self._p
         status = p.get_status_code()
-        chunked, length = _framing(self._headers)
+        chunked, length = _framing_of(self._framing_fields)
         if self._no_body or status in (204, 304) or 100 <= status < 200:
             body = "none"
         elif chunked:
