@@ -131,6 +131,22 @@ def _check_host(headers: Headers, version: str) -> None:
         raise HttpError(400, "bad-request", "HTTP/1.1 request without a Host field")
 
 
+def _check_host(headers: Headers, version: str) -> None:
+    """RFC 9112 3.2: a request with more than one Host field, or HTTP/1.1 without one, is a 400.
+
+    Forwarded, two Hosts leave the app to pick one (the routing confusion host-header
+    attacks use), and a strict app refuses both cases anyway: the fuzzing saw 502s.
+    """
+    hosts = 0
+    for name, _ in headers:
+        if len(name) == 4 and name.lower() == b"host":
+            hosts += 1
+    if hosts > 1:
+        raise HttpError(400, "bad-request", "more than one Host field")
+    if not hosts and version == "1.1":
+        raise HttpError(400, "bad-request", "HTTP/1.1 request without a Host field")
+
+
 class _Parser:
     """What request and response parsing share: size accounting, trailers, event queue."""
 
@@ -230,6 +246,7 @@ class RequestParser(_Parser):
 
     def on_headers_complete(self) -> None:
         p = self._p
+        _check_host(self._headers, p.get_http_version())
         _check_host(self._headers, p.get_http_version())
         chunked, length = _framing_of(self._framing_fields)
         self.events.append(
