@@ -1,4 +1,4 @@
-"""Inputs the inbound HTTP fuzzing found, kept as plain regression tests (each was a 502)."""
+"""Inputs the inbound HTTP fuzzing found, as regression tests (502s, or a hidden request reaching the app)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,20 @@ FOUND = {
     "two different host fields": b"GET / HTTP/1.1\r\nHost: api\r\nhost: admin.internal\r\n\r\n",
     # A mutation of "Host" into another name: HTTP/1.1 without Host, forwarded, refused: 502.
     "no host field": b"GET / HTTP/1.1\r\nHxst: svc\r\n\r\n",
+    # TE.TE obfuscation: llhttp framed these as chunked and the request hidden in the body
+    # reached the app as a second request; a proxy in front reading TE differently would not.
+    "xchunked then chunked": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n"
+    ),
+    "gzip, chunked": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n"
+        b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n"
+    ),
+    "chunked twice": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n"
+    ),
 }
 
 
