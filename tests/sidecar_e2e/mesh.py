@@ -433,16 +433,19 @@ class Mesh:
         name: str,
         *,
         inbound_to: int | None = None,
-        outbound: Mapping[str, Sidecar] | None = None,
+        outbound: Mapping[str, Sidecar | None] | None = None,
         control_planes: Sequence[str] | None = None,
         extra: Sequence[str] = (),
         wait: bool = True,
         token: str | None = None,
+        discover: bool = False,
     ) -> Sidecar:
         """Join a sidecar for workload `name` with `token`, or a fresh one.
 
         `inbound_to`: the local app port its inbound forwards to. `outbound`: services it
-        calls, each mapped to that service's (already started) sidecar.
+        calls, each mapped to that service's (already started) sidecar, or to None with
+        `discover=True`: then no `--endpoints` are given and the control plane's stream
+        reports the service's endpoints.
         """
         inbound, inbound_ports = [], []
         if inbound_to is not None:
@@ -454,7 +457,9 @@ class Mesh:
             port = free_port()
             outbound_ports[service] = port
             outbound_args.append(f"{service}={LOOPBACK}:{port}")
-            endpoints.append(f"{service}={LOOPBACK}:{target.inbound_ports[0]}@{target.spiffe_id}")
+            if not discover:
+                assert target is not None
+                endpoints.append(f"{service}={LOOPBACK}:{target.inbound_ports[0]}@{target.spiffe_id}")
         admin_port = free_port()
         argv = self.sidecar_argv(
             name,

@@ -229,9 +229,12 @@ def test_used_token_and_missing_identity_are_one_line_errors(tmp_path: Path) -> 
                 str(tmp_path),
                 "--outbound",
                 "api=127.0.0.1:1",
+                "--advertise",
+                "10.0.0.1:16001",
             ]
         )
-        assert done.returncode == 1 and "--endpoints" in done.stderr
+        # (an --outbound needs no --endpoints: the control plane reports the service's endpoints)
+        assert done.returncode == 1 and "--advertise" in _error_line(done.stderr)
 
 
 def test_sigterm_drains_an_in_flight_request_and_exits_zero(tmp_path: Path) -> None:

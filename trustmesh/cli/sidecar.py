@@ -74,7 +74,15 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="SERVICE=HOST:PORT@SPIFFE_ID",
-        help="static endpoint of SERVICE and the identity it must present (repeatable)",
+        help="static endpoint of SERVICE and the identity it must present (repeatable); overrides"
+        " the endpoints the control plane reports for that service",
+    )
+    p.add_argument(
+        "--advertise",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="address others reach this workload's inbound at (default: the --inbound listen address)",
     )
     p.add_argument(
         "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help=f"admin port (default {DEFAULT_ADMIN})"
@@ -162,9 +170,9 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     for ep in endpoints:
         if ep.service not in services:
             raise CliError(f"--endpoints: service {ep.service!r} has no --outbound")
-    for o in outbounds:
-        if not any(ep.service == o.service for ep in endpoints):
-            raise CliError(f"--outbound {o.service}: no --endpoints {o.service}=HOST:PORT@SPIFFE_ID given")
+    advertise = _parse_each("--advertise", args.advertise, HostPort.parse)
+    if advertise and not inbounds:
+        raise CliError("--advertise: there is no --inbound to advertise")
     return SidecarConfig(
         control_planes=urls,
         join_token=args.join_token,
@@ -176,6 +184,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         limits=Limits(drain_timeout=drain_timeout),
         policy_dir=args.policy_dir,
         policy_poll=policy_poll,
+        advertise=advertise,
     )
 
 

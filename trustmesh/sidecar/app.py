@@ -30,18 +30,19 @@ from prometheus_client import CollectorRegistry, Info
 from trustmesh import __version__
 from trustmesh.ca.join_token import JoinToken
 from trustmesh.clock import Clock, SystemClock
-from trustmesh.control import join_client
 from trustmesh.durations import format_duration
 from trustmesh.sidecar.admin import AdminServer
-from trustmesh.sidecar.bootstrap import ControlPlaneClient, ControlPlaneError, ControlPlaneRejected
+from trustmesh.sidecar.bootstrap import ControlPlaneClient, ControlPlaneRejected
 from trustmesh.sidecar.config import HostPort, SidecarConfig
 from trustmesh.sidecar.drain import Drain
 from trustmesh.sidecar.identity_lifecycle import IdentityLifecycle, LifecycleMetrics, NoIdentity, SvidInfo
 from trustmesh.sidecar.inbound import serve_inbound
 from trustmesh.sidecar.inbound.authorize_policy import PolicyAuthorizer
 from trustmesh.sidecar.outbound import serve_outbound
+from trustmesh.sidecar.outbound.discovered_endpoints import DiscoveredEndpoints
 from trustmesh.sidecar.outbound.traffic_settings import TrafficSettingsStore
 from trustmesh.sidecar.policy_follower import PolicyFollower
+from trustmesh.sidecar.stream_client import StreamClient
 from trustmesh.sidecar.telemetry import Telemetry, service_from_spiffe_id
 from trustmesh.tracing.metrics import SidecarMetrics
 from trustmesh.tracing.switch import tracing_wanted
@@ -50,6 +51,10 @@ if TYPE_CHECKING:
     from trustmesh.tracing.setup import Tracing
 
 log = structlog.get_logger(__name__)
+
+# Deregistering from the control plane on shutdown is a courtesy bounded in time: the
+# grace period removes us anyway if the control plane cannot be reached.
+STREAM_STOP_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,7 @@ class Sidecar:
         )
         self.state = _State(cfg, self.identity, self.drain)
         self.admin_address: HostPort | None = None
+        self.streams: list[StreamClient] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         """Run until drained; `task_status.started()` once ready. Raises `SidecarFailed` alone."""
@@ -241,7 +247,13 @@ class Sidecar:
                 telemetry = self._telemetry()
                 try:
                     await nursery.start(
-                        _serve_proxies, self.cfg, self.identity, self.control_plane, self.drain, telemetry
+                        _serve_proxies,
+                        self.cfg,
+                        self.identity,
+                        self.control_plane,
+                        self.drain,
+                        telemetry,
+                        self.streams,
                     )
                 except OSError as err:
                     raise SidecarFailed(f"cannot listen: {err}") from err
@@ -255,6 +267,10 @@ class Sidecar:
                 )
                 task_status.started()
             await self.drain.wait_started()
+            for stream in self.streams:
+                # Deregister at once: callers stop picking this endpoint while we drain.
+                with trio.move_on_after(STREAM_STOP_TIMEOUT_S):
+                    await stream.stop()
             await self._finish_drain()
             nursery.cancel_scope.cancel()
 
@@ -291,14 +307,17 @@ async def _serve_proxies(
     control_plane: ControlPlaneClient,
     drain: Drain,
     telemetry: Telemetry,
+    streams: list[StreamClient],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Policy, then every inbound and outbound listener, in one nursery; started once all are bound.
+    """The stream, then every inbound and outbound listener, in one nursery; started once all are bound.
 
     Inbound is default deny (zero trust): the authorizer allows nothing until the first
-    policy revision arrives, from `--policy-dir` or else from the control plane. The same
-    revision carries the TrafficPolicies the outbounds follow.
+    policy revision arrives, from `--policy-dir` or else from the control plane's stream.
+    The same revision carries the TrafficPolicies the outbounds follow. The stream also
+    brings the endpoints of the services this workload calls (`--endpoints` override them)
+    and trust-bundle updates; while it is down, the sidecar serves from what it last had.
     """
     async with trio.open_nursery() as nursery:
         metrics = telemetry.metrics
@@ -307,9 +326,26 @@ async def _serve_proxies(
             on_decision=lambda decision: metrics.observe_policy_decision(decision.decision.lower()),
         )
         traffic = TrafficSettingsStore()
-        if cfg.inbounds or cfg.outbounds:
+        discovered = DiscoveredEndpoints(cfg.endpoints)
+        from_control_plane = cfg.policy_dir is None
+        stream = StreamClient(
+            cfg.control_planes,
+            identity.current_svid,
+            advertise=[str(a) for a in cfg.advertise] or [str(i.listen) for i in cfg.inbounds],
+            calls=[o.service for o in cfg.outbounds],
+            on_bundle=identity.install_bundle,
+            on_policy=authorizer.update if from_control_plane else None,
+            on_traffic=traffic.update if from_control_plane else None,
+            on_endpoints=discovered.update,
+        )
+        streams.append(stream)
+        await nursery.start(stream.run)
+        if not from_control_plane:
             # One revision drives both: who may call us (inbound) and how we call others (outbound).
-            follower = _policy_follower(cfg, identity, control_plane, authorizer, traffic)
+            assert cfg.policy_dir is not None
+            follower = PolicyFollower(
+                authorizer, policy_dir=cfg.policy_dir, interval=cfg.policy_poll, also_apply=[traffic.update]
+            )
             await nursery.start(follower.run)
         for inbound in cfg.inbounds:
             await nursery.start(
@@ -323,7 +359,7 @@ async def _serve_proxies(
                     serve_outbound,
                     outbound,
                     identity,
-                    list(cfg.endpoints),
+                    discovered,
                     cfg.limits,
                     drain=drain,
                     settings=traffic,
@@ -331,25 +367,3 @@ async def _serve_proxies(
                 )
             )
         task_status.started()
-
-
-def _policy_follower(
-    cfg: SidecarConfig,
-    identity: IdentityLifecycle,
-    control_plane: ControlPlaneClient,
-    authorizer: PolicyAuthorizer,
-    traffic: TrafficSettingsStore,
-) -> PolicyFollower:
-    if cfg.policy_dir is not None:
-        return PolicyFollower(
-            authorizer, policy_dir=cfg.policy_dir, interval=cfg.policy_poll, also_apply=[traffic.update]
-        )
-
-    async def fetch(known: str | None) -> dict[str, Any]:
-        try:
-            return await control_plane.policy_revision(identity.current_svid(), known)
-        except ControlPlaneError as err:
-            # The follower keeps the current revision on join_client's error type.
-            raise join_client.ControlPlaneError(0, "unreachable", str(err)) from err
-
-    return PolicyFollower(authorizer, fetch=fetch, interval=cfg.policy_poll, also_apply=[traffic.update])

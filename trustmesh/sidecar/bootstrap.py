@@ -15,7 +15,7 @@ what a long-running sidecar needs on top:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import structlog
@@ -98,15 +98,6 @@ class ControlPlaneClient:
                 raise join_client.ControlPlaneError(0, "bad_response", str(err)) from err
 
         return await self._failover("bundle", attempt)
-
-    async def policy_revision(self, current: Svid, known: str | None) -> dict[str, Any]:
-        """`GET /v1/policy/revision` over mutual TLS (for the policy follower)."""
-
-        async def attempt(url: str) -> dict[str, Any]:
-            async with join_client.ControlPlaneClient(url, current, timeout=self._timeout) as cp:
-                return await cp.policy_revision(known)
-
-        return await self._failover("policy", attempt)
 
     async def _failover(self, op: str, attempt: Callable[[str], Awaitable[T]]) -> T:
         last: ControlPlaneError | None = None

@@ -115,5 +115,7 @@ class SidecarConfig:
     admin: HostPort | None = None
     limits: Limits = field(default_factory=Limits)
     policy_dir: Path | None = None
+    # Addresses registered as this workload's endpoints (default: the inbound listen addresses).
+    advertise: tuple[HostPort, ...] = ()
     # How often the sidecar asks its policy source for a new revision (policy_follower's default).
     policy_poll: timedelta = timedelta(seconds=5)

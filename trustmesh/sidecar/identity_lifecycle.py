@@ -503,6 +503,12 @@ class IdentityLifecycle:
             _show_certificates(self._metrics, info, bundle)
             self._metrics.serving.set(1 if self.serving() else 0)
 
+    async def install_bundle(self, bundle_pem: bytes) -> None:
+        """A trust bundle pushed by the control plane: new handshakes use it at once."""
+        if bundle_pem == self._bundle_pem:
+            return
+        await self._install_bundle(bundle_pem)
+
     async def _install_bundle(self, bundle_pem: bytes) -> None:
         async with self._install_lock:
             await self._install_bundle_locked(bundle_pem)
