@@ -28,13 +28,18 @@ class Figures:
     name: str
     requests: int = 0
     errors: int = 0
+    # Of the errors: responses whose head had reached the app when the connection broke
+    # (the endpoint was SIGKILLed mid-body). No proxy can retry those: part of the answer
+    # is already with the app (docs/traffic.md, "upstream-reset").
+    cut_after_head: int = 0
     seconds: float = 0.0
     error_samples: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         rate = self.requests / self.seconds if self.seconds else 0.0
         return (
-            f"FIGURES {self.name}: {self.requests} requests, {self.errors} errors, "
+            f"FIGURES {self.name}: {self.requests} requests, {self.errors} errors"
+            f" ({self.cut_after_head} cut after the response head), "
             f"{self.seconds:.1f} s ({rate:.0f} req/s)"
         )
 
@@ -80,9 +85,10 @@ class SteadyLoad:
         self._thread.join(timeout=self._max_seconds + 30)
         return self.figures
 
-    def _record(self, ok: bool, what: str = "") -> None:
+    def _record(self, ok: bool, what: str = "", *, cut: bool = False) -> None:
         with self._lock:
             self.figures.requests += 1
+            self.figures.cut_after_head += cut
             if not ok:
                 self.figures.errors += 1
                 if len(self.figures.error_samples) < 10:
@@ -111,6 +117,10 @@ class SteadyLoad:
                     if resp.getheader("connection", "").lower() == "close":
                         conn.close()
                         conn = None
+                except http.client.IncompleteRead as exc:
+                    self._record(False, repr(exc), cut=True)
+                    conn.close()
+                    conn = None
                 except (OSError, http.client.HTTPException) as exc:
                     self._record(False, repr(exc))
                     conn.close()

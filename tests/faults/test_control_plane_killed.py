@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.load import SOAK_FACTOR, SteadyLoad
-from tests.sidecar_e2e.mesh import Mesh, wait_until
+from tests.sidecar_e2e.mesh import Mesh, Sidecar, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,7 @@ def test_data_plane_serves_through_a_control_plane_kill_and_renews_after(tmp_pat
             "control-plane-killed", web.outbound_ports["api"], max_seconds=DOWN_SECONDS + 60
         ) as load:
             wait_until(lambda: load.requests() >= 50, 20, "load under way")
+            streams_before = {s.name: _stream_connects(s) for s in (api, web)}
             mesh.cp.process.signal(signal.SIGKILL)
             assert mesh.cp.process.wait(timeout=10) == -signal.SIGKILL
             at_kill = load.requests()
@@ -49,6 +50,16 @@ def test_data_plane_serves_through_a_control_plane_kill_and_renews_after(tmp_pat
                     f"{sidecar.name} renewed after the control plane returned",
                     sidecar.process,
                 )
+            # With the configuration stream (trustmesh/sidecar/stream_client.py), each sidecar
+            # that had a stream reconnects to the restarted control plane and gets a new snapshot.
+            for sidecar in (api, web):
+                if streams_before[sidecar.name]:
+                    wait_until(
+                        lambda s=sidecar: _stream_connects(s) > streams_before[s.name],
+                        40,
+                        f"{sidecar.name} stream reconnected",
+                        sidecar.process,
+                    )
             time.sleep(AFTER_SECONDS)
             figures = load.stop()
         print(f"\n{figures.line()}; {during} of them while the control plane was dead ({DOWN_SECONDS:g} s)")
@@ -58,3 +69,7 @@ def test_data_plane_serves_through_a_control_plane_kill_and_renews_after(tmp_pat
             events = [e.get("event") for e in sidecar.process.log_events()]
             assert "svid_renewed" in events
             assert "svid_expired" not in events
+
+
+def _stream_connects(sidecar: Sidecar) -> int:
+    return sum(e.get("event") == "stream_connected" for e in sidecar.process.log_events())
