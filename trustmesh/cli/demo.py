@@ -303,11 +303,8 @@ async def step_sidecars(run: DemoRun) -> None:
             "--log-level", "warning",
         )  # fmt: skip
         for target, port in service.outbound_ports.items():
-            callee = run.services[target]
-            argv += [
-                "--outbound", f"{target}={LOOPBACK}:{port}",
-                "--endpoints", f"{target}={LOOPBACK}:{callee.inbound_port}@{spiffe_id(target)}",
-            ]  # fmt: skip
+            # No --endpoints: each sidecar learns where the others are from the control plane.
+            argv += ["--outbound", f"{target}={LOOPBACK}:{port}"]
         children[name] = await _start(run, f"sidecar-{name}", argv, env)
     async with httpx.AsyncClient(timeout=2.0) as client:
         for name, child in children.items():
