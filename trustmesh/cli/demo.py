@@ -427,8 +427,21 @@ STEPS = (step_ca, step_policy_repo, step_control_plane, step_sidecars, step_apps
 async def run_demo(run: DemoRun) -> None:
     failure: BaseException | None = None
     try:
-        for step in STEPS:
-            await step(run)
+        # Ctrl-C (SIGINT) or SIGTERM is how a user ends the demo: stop the steps, then every
+        # process, and exit 0 if they all stopped cleanly.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    async for signum in signals:
+                        run.out(f"{signal.Signals(signum).name}: stopping")
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(watch)
+                for step in STEPS:
+                    await step(run)
+                nursery.cancel_scope.cancel()
     except BaseException as exc:  # stop everything we started, whatever happened, then re-raise
         failure = exc
         raise
