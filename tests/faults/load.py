@@ -107,23 +107,24 @@ class SteadyLoad:
                         conn.close()
                     conn = http.client.HTTPConnection(LOOPBACK, self._port, timeout=15)
                 n += 1
+                current = conn
                 try:
-                    conn.request("GET", f"{self._path}/{n}")
-                    resp = conn.getresponse()
+                    current.request("GET", f"{self._path}/{n}")
+                    resp = current.getresponse()
                     body = resp.read()
                     ok = resp.status == 200 and b'"method": "GET"' in body
                     what = f"{resp.status} {resp.getheader('x-trustmesh-error') or ''} {body[:80]!r}"
                     self._record(ok, what)
                     if resp.getheader("connection", "").lower() == "close":
-                        conn.close()
+                        current.close()
                         conn = None
                 except http.client.IncompleteRead as exc:
                     self._record(False, repr(exc), cut=True)
-                    conn.close()
+                    current.close()
                     conn = None
                 except (OSError, http.client.HTTPException) as exc:
                     self._record(False, repr(exc))
-                    conn.close()
+                    current.close()
                     conn = None
                 time.sleep(self._pause)
         finally:
