@@ -111,11 +111,16 @@ def test_cli_on_a_full_disk_fails_in_one_line_and_keeps_the_last_good_state(tmp_
             )
             line = one_line_error(refused)
             print(f"\ntoken create on a full disk: exit {refused.returncode}: {line}")
+            assert refused.returncode == 1
             assert "disk" in line or "No space left" in line
+            assert "internal error" not in line
             init = run_cli("ca", "init", "--trust-domain", TD, "--state-dir", str(disk / "second"))
             line = one_line_error(init)
             print(f"ca init on a full disk: exit {init.returncode}: {line}")
-            assert "No space left on device" in line
+            assert init.returncode == 1
+            assert "No space left on device" in line and "internal error" not in line
+            # a failed init leaves nothing half-made behind: a retry is not refused as "already a CA"
+            assert not (disk / "second" / "ca").exists()
         assert state_of(state) == before, "the full disk changed what was stored"
         assert integrity(state) == "ok"
         again = run_cli(
@@ -155,7 +160,8 @@ def test_control_plane_join_on_a_full_disk_is_a_json_5xx_and_the_token_stays_usa
                 print(
                     f"\njoin on a full disk: HTTP {info.value.status} {info.value.error}: {info.value.detail}"
                 )
-                assert 500 <= info.value.status < 600
+                assert info.value.status == 503 and info.value.error == "store_unavailable"
+                assert "full" in info.value.detail
                 assert cp.alive()
             svid = trio.run(join, f"{LOOPBACK}:{port}", token)  # the token was not consumed
             assert svid.spiffe_id == f"spiffe://{TD}/a"

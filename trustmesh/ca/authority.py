@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -357,15 +358,21 @@ class CertificateAuthority:
             )
         store.create_dirs(Path(state_dir))
         ca = cls(store, clock or SystemClock(), trust_domain, root_ttl, intermediate_ttl)
-        with store.locked():
-            now = ca._now()
-            root = ca._new_root(now, state="active")
-            ca._roots.append(root)
-            ca._new_active_intermediate(root, now)
-            ca._jwt_keys.append(ca._new_jwt_key(state="active"))
-            ca._bundle_sequence = 1
-            ca._bundle_digest = ca._bundle_contents_digest(now)
-            ca._save()
+        try:
+            with store.locked():
+                now = ca._now()
+                root = ca._new_root(now, state="active")
+                ca._roots.append(root)
+                ca._new_active_intermediate(root, now)
+                ca._jwt_keys.append(ca._new_jwt_key(state="active"))
+                ca._bundle_sequence = 1
+                ca._bundle_digest = ca._bundle_contents_digest(now)
+                ca._save()
+        except BaseException:
+            # A half-written CA (disk full, interrupted) would make every retry refuse with
+            # "already holds a CA" while nothing can load it: remove it, so a retry starts clean.
+            shutil.rmtree(store.root, ignore_errors=True)
+            raise
         log.info(
             "ca_initialised",
             trust_domain=trust_domain,

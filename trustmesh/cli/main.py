@@ -16,6 +16,7 @@ from typing import Any
 
 from trustmesh import __version__
 from trustmesh.cli.errors import CliError, innermost
+from trustmesh.store.base import StoreUnavailable
 
 # Command-group modules under trustmesh.cli, in the order `--help` lists them, by the
 # command word that selects each.
@@ -79,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.code
         if isinstance(exc, KeyboardInterrupt):
             return 130
+        if isinstance(exc, StoreUnavailable | OSError):
+            # Disk full, read-only or missing files, database down: the user's to fix, not a bug.
+            print(f"trustmesh: error: {_one_line(_describe(exc))}", file=sys.stderr)
+            return 1
         if isinstance(exc, SystemExit):
             raise exc from None
         if not isinstance(exc, Exception):
@@ -89,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 70
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
 
 
 def _one_line(text: str) -> str:

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from trustmesh.control.errors import ApiError
 from trustmesh.control.issuer import Issuer
+from trustmesh.store import StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +126,10 @@ def build_app(issuer: Issuer, extra_routes: Sequence[BaseRoute] = ()) -> Starlet
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
 
+    async def on_store_unavailable(request: Request, exc: Exception) -> Response:
+        # Disk full, read-only state dir, database down: the request changed nothing; say so.
+        return JSONResponse({"error": "store_unavailable", "detail": str(exc)}, status_code=503)
+
     async def on_bug(request: Request, exc: Exception) -> Response:
         # Only our own bugs reach here; every input problem is an ApiError. Log with the
         # traceback, answer in the same JSON shape.
@@ -141,5 +146,10 @@ def build_app(issuer: Issuer, extra_routes: Sequence[BaseRoute] = ()) -> Starlet
             Route("/v1/bundle.pem", bundle_pem, methods=["GET"]),
             *extra_routes,
         ],
-        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_bug},
+        exception_handlers={
+            ApiError: on_api_error,
+            HTTPException: on_http_error,
+            StoreUnavailable: on_store_unavailable,
+            Exception: on_bug,
+        },
     )

@@ -117,6 +117,12 @@ class _State:
     identity: IdentityLifecycle
     drain: Drain
     proxies_up: bool = False
+    streams: list[StreamClient] = field(default_factory=list)
+
+    def config_received(self) -> bool:
+        """Policy and endpoints in hand: from --policy-dir (read before the listeners bind), or at
+        least one snapshot from the control plane (kept across disconnections)."""
+        return self.cfg.policy_dir is not None or any(s.snapshots > 0 for s in self.streams)
 
     def readiness(self) -> tuple[bool, str]:
         if self.drain.draining:
@@ -127,6 +133,8 @@ class _State:
             return False, self.identity.not_serving_reason()
         if not self.proxies_up:
             return False, "starting: listeners not bound"
+        if not self.config_received():
+            return False, "waiting for configuration (policy, endpoints) from the control plane"
         return True, "ready"
 
     def svid_info(self) -> SvidInfo | None:
@@ -175,7 +183,7 @@ class Sidecar:
         )
         self.state = _State(cfg, self.identity, self.drain)
         self.admin_address: HostPort | None = None
-        self.streams: list[StreamClient] = []
+        self.streams: list[StreamClient] = self.state.streams
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         """Run until drained; `task_status.started()` once ready. Raises `SidecarFailed` alone."""

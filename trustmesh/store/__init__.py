@@ -11,6 +11,7 @@ from trustmesh.store.base import (
     JoinTokenRecord,
     Registration,
     Store,
+    StoreUnavailable,
     TokenConsumeFailed,
 )
 from trustmesh.store.postgres import PostgresStoreError, is_postgres_url, open_postgres_store
@@ -26,6 +27,7 @@ __all__ = [
     "Registration",
     "SqliteStore",
     "Store",
+    "StoreUnavailable",
     "TokenConsumeFailed",
     "open_store",
     "open_store_sync",

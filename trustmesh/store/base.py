@@ -99,6 +99,14 @@ class EndpointRecord:
     replica_id: str
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be read or written right now: disk full, read-only, database down.
+
+    Nothing was changed (each operation is one transaction). The API answers 503 and the
+    CLI one line, naming the cause, so an operator sees "disk full", not "internal error".
+    """
+
+
 class TokenConsumeFailed(Exception):
     """The conditional consume matched no row: the token is unknown, expired or already used.
 

@@ -55,6 +55,7 @@ from trustmesh.store.base import (
     IssuedSvidRecord,
     JoinTokenRecord,
     Registration,
+    StoreUnavailable,
     TokenConsumeFailed,
 )
 
@@ -139,7 +140,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 
-class PostgresStoreError(RuntimeError):
+class PostgresStoreError(StoreUnavailable, RuntimeError):
     """The database is unreachable, refused us, or has a schema we do not know.
 
     The message names the database by its redacted URL and says what went wrong; it never

@@ -39,6 +39,7 @@ from trustmesh.store.base import (
     IssuedSvidRecord,
     JoinTokenRecord,
     Registration,
+    StoreUnavailable,
     TokenConsumeFailed,
 )
 
@@ -185,6 +186,14 @@ class SqliteStore:
     @classmethod
     def open_sync(cls, path: Path) -> SqliteStore:
         """Open (creating mode 0600 if needed) and migrate the database at `path`."""
+        try:
+            return cls._open_sync(path)
+        except sqlite3.DatabaseError as exc:
+            log.error("store_unavailable", path=str(path), error=str(exc))
+            raise StoreUnavailable(f"cannot open the SQLite store {path}: {exc}") from exc
+
+    @classmethod
+    def _open_sync(cls, path: Path) -> SqliteStore:
         if not path.exists():
             # Create the file ourselves so it is 0600 from its first byte; SQLite gives the
             # -wal and -shm files the same mode as the database.
@@ -242,7 +251,14 @@ class SqliteStore:
             with self._lock:
                 return fn(self._conn)
 
-        return await trio.to_thread.run_sync(locked)
+        try:
+            return await trio.to_thread.run_sync(locked)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise
+            # Disk full, read-only file, I/O error: the transaction rolled back, nothing changed.
+            log.error("store_unavailable", path=str(self.path), error=str(exc))
+            raise StoreUnavailable(f"cannot use the SQLite store {self.path}: {exc}") from exc
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         def run(conn: sqlite3.Connection) -> None:
