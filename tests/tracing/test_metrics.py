@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from trustmesh.tracing.metrics import ControlPlaneMetrics, SidecarMetrics, status_class
+from trustmesh.tracing.metrics import SidecarMetrics, status_class
 
 WEB = "spiffe://example.org/web"
 
@@ -162,31 +162,3 @@ def test_status_class() -> None:
         "other",
         "other",
     ]
-
-
-def test_control_plane_metrics() -> None:
-    m = ControlPlaneMetrics()
-    m.observe_svid_issued("x509")
-    m.observe_svid_issued("x509")
-    m.observe_svid_issued("jwt")
-    m.observe_join_token("accepted")
-    m.observe_join_token("expired")
-    m.sidecar_connected()
-    m.sidecar_connected()
-    m.sidecar_disconnected()
-    m.observe_push(0.02)
-    m.observe_policy_activated(7)
-    m.set_ca_expiry(roots=[cert(1, datetime(2030, 1, 1, tzinfo=UTC))], intermediate=None)
-    body = m.render()
-    assert value(body, "trustmesh_control_svids_issued_total", kind="x509") == 2
-    assert value(body, "trustmesh_control_svids_issued_total", kind="jwt") == 1
-    assert value(body, "trustmesh_control_join_tokens_used_total", result="accepted") == 1
-    assert value(body, "trustmesh_control_join_tokens_used_total", result="expired") == 1
-    assert value(body, "trustmesh_control_connected_sidecars") == 1
-    assert value(body, "trustmesh_control_push_duration_seconds_count") == 1
-    assert value(body, "trustmesh_control_policy_revision") == 7
-    assert value(body, "trustmesh_control_policy_activations_total") == 1
-    assert (
-        value(body, "trustmesh_cert_expiry_timestamp_seconds", kind="root", serial="1")
-        == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
-    )

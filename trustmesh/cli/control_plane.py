@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -22,6 +24,9 @@ from trustmesh.policy.source import DirSource, GitSource, PolicySourceError
 from trustmesh.policy.watcher import PolicyWatcher
 from trustmesh.store import PostgresStoreError
 from trustmesh.tracing.logs import configure_logging
+
+if TYPE_CHECKING:
+    from trustmesh.tracing.setup import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +73,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="allow --gui on a non-loopback address; the GUI has no authentication of its own, "
         "so put an authenticating reverse proxy in front of it",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="OTLP/HTTP collector for join/renew/policy spans (or OTEL_EXPORTER_OTLP_ENDPOINT);"
+        " tracing is off without one",
+    )
+    parser.add_argument("--trace-sample-ratio", type=float, metavar="R", help="share of traces sampled, 0..1")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=_run)
 
@@ -125,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(
             f"--store: unsupported store URL {args.store!r}: expected sqlite:///PATH or postgresql://..."
         )
+    tracing = _tracing(args)
     control_plane = ControlPlane(
         args.state_dir,
         host=host,
@@ -134,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         policy=_policy_service(args),
         store_url=args.store,
         gui=_gui(args),
+        tracer=tracing.tracer if tracing is not None and tracing.enabled else None,
     )
     try:
         trio.run(_serve, control_plane)
@@ -144,7 +158,32 @@ def _run(args: argparse.Namespace) -> int:
         if isinstance(failure, OSError):  # typically: address already in use
             raise CliError(f"cannot listen on {args.listen}: {failure.strerror or failure}") from failure
         raise
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flush queued spans, bounded by the export timeout
     return 0
+
+
+def _tracing(args: argparse.Namespace) -> Tracing | None:
+    """Spans for join, renew and policy activation, only with an OTLP endpoint (flag or OTEL_*)."""
+    from trustmesh.tracing.switch import tracing_wanted
+
+    if not tracing_wanted(args.otlp_endpoint, os.environ):
+        return None
+    from trustmesh.tracing.setup import TracingConfigError, TracingOptions, setup_tracing
+
+    ratio = args.trace_sample_ratio
+    if ratio is not None and not 0.0 <= ratio <= 1.0:
+        raise CliError(f"--trace-sample-ratio: {ratio} is not between 0 and 1")
+    try:
+        return setup_tracing(
+            TracingOptions(
+                service_name="trustmesh-control-plane", endpoint=args.otlp_endpoint, sample_ratio=ratio
+            ),
+            env=os.environ,
+        )
+    except TracingConfigError as exc:
+        raise CliError(f"tracing: {exc}") from exc
 
 
 async def _serve(control_plane: ControlPlane) -> None:

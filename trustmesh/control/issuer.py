@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 import trio
@@ -46,10 +46,14 @@ from trustmesh.store import (
 )
 from trustmesh.store.base import CaKeyKind
 
+if TYPE_CHECKING:  # OpenTelemetry is imported only when tracing is on
+    from opentelemetry.trace import Tracer
+
 log = structlog.get_logger(__name__)
 
 SVIDS_ISSUED = Counter("trustmesh_svids_issued", "X.509-SVIDs issued by the control plane", ["method"])
 JWT_SVIDS_ISSUED = Counter("trustmesh_jwt_svids_issued", "JWT-SVIDs issued by the control plane")
+JOINS_REFUSED = Counter("trustmesh_joins_refused", "Joins refused, by the token's exact fault", ["reason"])
 
 # A JWT-SVID names its audiences; a handful is plenty, and a cap keeps tokens small.
 MAX_AUDIENCES = 16
@@ -142,8 +146,11 @@ class Issuer:
         *,
         svid_ttl: timedelta | None = None,
         expired_renew_grace: timedelta = DEFAULT_EXPIRED_RENEW_GRACE,
+        tracer: Tracer | None = None,
     ) -> None:
         self.ca = ca
+        # OpenTelemetry tracer for join/renew spans; None when tracing is off (no endpoint).
+        self.tracer = tracer
         self.store = store
         self.clock = clock
         self.svid_ttl = svid_ttl
@@ -197,6 +204,17 @@ class Issuer:
 
     async def join(self, token_text: str, csr_pem: str) -> IssuedResponse:
         """Exchange a join token and a CSR for an SVID (the token's SPIFFE ID, never the CSR's)."""
+        if self.tracer is None:
+            return await self._join(token_text, csr_pem)
+        from trustmesh.tracing.spans import control_span
+
+        with control_span(self.tracer, "join") as span:
+            issued = await self._join(token_text, csr_pem)
+            span.set_attribute("trustmesh.spiffe_id", issued.spiffe_id)
+            span.set_attribute("trustmesh.svid.serial", issued.serial)
+            return issued
+
+    async def _join(self, token_text: str, csr_pem: str) -> IssuedResponse:
         try:
             token = JoinToken.parse(token_text)
         except InvalidJoinToken as exc:
@@ -240,6 +258,17 @@ class Issuer:
 
         A caller whose SVID has expired goes through `_recover` instead (audit `recover:`).
         """
+        if self.tracer is None:
+            return await self._renew(peer_chain, csr_pem)
+        from trustmesh.tracing.spans import control_span
+
+        with control_span(self.tracer, "renew") as span:
+            issued = await self._renew(peer_chain, csr_pem)
+            span.set_attribute("trustmesh.spiffe_id", issued.spiffe_id)
+            span.set_attribute("trustmesh.svid.serial", issued.serial)
+            return issued
+
+    async def _renew(self, peer_chain: Sequence[x509.Certificate], csr_pem: str) -> IssuedResponse:
         if not peer_chain:
             self.authenticate(peer_chain)  # the 401
         try:
@@ -391,6 +420,7 @@ class Issuer:
 
     def _token_refused(self, reason: str, token_id: str | None, detail: str = "") -> NoReturn:
         log.warning("join_refused", reason=reason, token_id=token_id, detail=detail)
+        JOINS_REFUSED.labels(reason=reason).inc()
         raise ApiError(403, "invalid_token", TOKEN_REJECTED_DETAIL)
 
 

@@ -15,11 +15,13 @@ reveals who may call whom, which is worth keeping from anonymous callers.
 from __future__ import annotations
 
 import base64
+import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,9 +29,15 @@ from starlette.routing import Route
 from trustmesh.control.app import PEER_CHAIN
 from trustmesh.control.errors import ApiError
 from trustmesh.control.issuer import Issuer
-from trustmesh.policy.watcher import Activated, PolicyWatcher
+from trustmesh.policy.watcher import Activated, PolicyWatcher, Refused
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = structlog.get_logger(__name__)
+
+ACTIVATIONS = Counter("trustmesh_policy_activations", "Policy revisions activated")
+REFUSALS = Counter("trustmesh_policy_refusals", "Policy revisions refused by validation")
 
 DEFAULT_POLICY_POLL = timedelta(seconds=5)
 
@@ -40,12 +48,25 @@ class PolicyService:
     def __init__(self, watcher: PolicyWatcher, poll_interval: timedelta = DEFAULT_POLICY_POLL) -> None:
         self.watcher = watcher
         self.poll_interval = poll_interval
+        # Set by the control plane when tracing is on: one span per activated revision.
+        self.tracer: Tracer | None = None
         self.changed = trio.Event()  # set (and replaced) on every activation
 
     async def poll_once(self) -> None:
         # dulwich and the filesystem block: keep them off the event loop.
+        started_ns = time.time_ns()
         event = await trio.to_thread.run_sync(self.watcher.poll)
+        if isinstance(event, Refused):
+            REFUSALS.inc()
         if isinstance(event, Activated):
+            ACTIVATIONS.inc()
+            if self.tracer is not None:
+                # Recorded after the fact: only a poll that activated something is worth a span.
+                span = self.tracer.start_span("trustmesh.policy.activate", start_time=started_ns)
+                span.set_attribute("trustmesh.policy.revision", event.active.revision.id)
+                if event.previous is not None:
+                    span.set_attribute("trustmesh.policy.previous_revision", event.previous)
+                span.end()
             self.changed.set()
             self.changed = trio.Event()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -38,6 +39,9 @@ from trustmesh.control.policy_service import PolicyService
 from trustmesh.control.stream import StreamHub, StreamSettings
 from trustmesh.control.tls import ServerTls, peer_chain
 from trustmesh.store import Store, open_store
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +81,8 @@ class ControlPlane:
     policy: PolicyService | None = None
     # The web GUI and OTLP receiver on their own plain-HTTP listener (trustmesh/control/gui).
     gui: GuiListener | None = None
+    # OpenTelemetry tracer for join/renew/policy-activation spans; None when tracing is off.
+    tracer: Tracer | None = None
     # The configuration stream (/v1/stream) and its registry; see trustmesh/control/stream.py.
     stream_settings: StreamSettings = field(default_factory=StreamSettings)
     stream: StreamHub | None = field(default=None, init=False)
@@ -102,8 +108,15 @@ class ControlPlane:
         try:
             self.ca, self.store = ca, store
             self.issuer = Issuer(
-                ca, store, self.clock, svid_ttl=self.svid_ttl, expired_renew_grace=self.expired_renew_grace
+                ca,
+                store,
+                self.clock,
+                svid_ttl=self.svid_ttl,
+                expired_renew_grace=self.expired_renew_grace,
+                tracer=self.tracer,
             )
+            if self.policy is not None:
+                self.policy.tracer = self.tracer
             self.tls = ServerTls(ca, self.clock, self.host, self.svid_ttl)
             self.tls.refresh()
             self.stream = StreamHub(

@@ -19,6 +19,7 @@ from importlib.resources import files
 from typing import Any
 
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -172,6 +173,11 @@ def build_gui_app(sources: GuiSources, *, allowed_hosts: Sequence[str] = ("*",))
             return HTMLResponse('<p class="empty">Trace not found (or evicted).</p>')
         return html(lambda: traces.render_waterfall(d))
 
+    async def metrics(request: Request) -> Response:
+        # The control plane's own metrics (issued SVIDs by method, connected sidecars, push
+        # latency, ignored stream messages), for Prometheus to scrape beside the GUI.
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -180,6 +186,7 @@ def build_gui_app(sources: GuiSources, *, allowed_hosts: Sequence[str] = ("*",))
     routes: list[BaseRoute] = [
         Route("/", root),
         Route("/healthz", healthz),
+        Route("/metrics", metrics),
         Route("/topology", topology_page),
         Route("/workloads", workloads_page),
         Route("/policy", policy_page),
