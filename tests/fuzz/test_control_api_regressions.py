@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,5 +49,26 @@ async def test_found_by_fuzzing_is_a_400_invalid_json(
         assert r.status_code == 400, r.text
         assert r.json()["error"] == "invalid_json" and r.json()["detail"]
         assert await harness.snapshot() == before
+    finally:
+        harness.cp.stop()
+
+
+async def test_a_chunked_body_over_the_limit_gets_its_413(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Found by fuzzing: `{"csr":[` x 16385 (128 KiB), chunked, saw a dropped connection."""
+    clock = ManualClock(current=datetime.now(UTC).replace(microsecond=0))
+    CertificateAuthority.init(tmp_path / "state", "example.org", clock=clock)
+    harness = await start_control_plane(nursery, tmp_path / "state", clock)
+    body = b'{"csr":[' * 16385
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 8192):
+            yield body[i : i + 8192]
+
+    try:
+        async with harness.client() as client:
+            for _ in range(5):  # a reset is a race: try it more than once
+                with trio.fail_after(30):
+                    r = await client.post("/v1/join", content=pieces())
+                assert r.status_code == 413 and r.json()["error"] == "body_too_large"
     finally:
         harness.cp.stop()
