@@ -47,7 +47,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
             declared_n = int(declared)
         except ValueError:
             raise ApiError(400, "invalid_request", "Content-Length is not a number") from None
-        if declared_n > MAX_BODY_BYTES:
+        if declared_n > DISCARD_LIMIT_BYTES:  # too large to read even to drop it: answer now
             raise ApiError(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
     body = bytearray()
     received = 0
