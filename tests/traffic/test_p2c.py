@@ -20,8 +20,12 @@ def test_single_endpoint_is_returned_without_randomness() -> None:
     assert PeakEwmaP2C(rng=random.Random(1)).pick(EPS[:1], 0.0) is EPS[0]
 
 
-def test_unknown_endpoint_costs_the_default_rtt() -> None:
-    assert PeakEwmaP2C().cost(EPS[0], 5.0) == DEFAULT_RTT
+def test_an_endpoint_never_tried_is_tried_first() -> None:
+    b = PeakEwmaP2C(rng=random.Random(3))
+    assert b.cost(EPS[0], 5.0) == 0.0
+    b.start(EPS[1])
+    b.finish(EPS[1], 0.0, 0.002, failed=False)  # a known, fast endpoint
+    assert b.pick(EPS[:2], 0.0) is EPS[0]  # the new one still gets its first request
 
 
 def test_outstanding_requests_multiply_the_cost() -> None:

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 
 from trustmesh.sidecar.config import HostPort, StaticEndpoint
 
-# tower's defaults: a new endpoint is assumed to answer in 30 ms until it shows otherwise
-# (neither favoured over known ones nor avoided), and an estimate forgets at a 10 s scale.
+# tower's defaults: an endpoint with requests in flight but no answer yet is assumed to answer
+# in 30 ms, and an estimate forgets at a 10 s scale. (An endpoint never tried at all costs 0:
+# see `cost`.)
 DEFAULT_RTT = 0.030
 DEFAULT_DECAY = 10.0
 
@@ -74,7 +75,10 @@ class PeakEwmaP2C:
         """Latency estimate (decayed to `now`) × (outstanding + 1): lower is better."""
         est = self._state.get(ep.address)
         if est is None:
-            return self._default_rtt
+            # Never tried: optimistic, so a new (or returning) endpoint gets a request and a real
+            # estimate. Judged at the default RTT it would never beat a known fast endpoint under
+            # light, sequential traffic, and would receive nothing at all.
+            return 0.0
         self._observe(est, now, 0.0)
         return est.rtt * (est.outstanding + 1)
 
