@@ -16,7 +16,6 @@ from typing import Any
 
 from trustmesh import __version__
 from trustmesh.cli.errors import CliError, innermost
-from trustmesh.store.base import StoreUnavailable
 
 # Command-group modules under trustmesh.cli, in the order `--help` lists them, by the
 # command word that selects each.
@@ -80,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.code
         if isinstance(exc, KeyboardInterrupt):
             return 130
+        # Imported here: `trustmesh.store` brings the database drivers, which a sidecar never needs.
+        from trustmesh.store.base import StoreUnavailable
+
         if isinstance(exc, StoreUnavailable | OSError):
             # Disk full, read-only or missing files, database down: the user's to fix, not a bug.
             print(f"trustmesh: error: {_one_line(_describe(exc))}", file=sys.stderr)

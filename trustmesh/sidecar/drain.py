@@ -14,9 +14,6 @@ Requests announce themselves with `with drain.request(): ...` so the process kno
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import structlog
 import trio
 
@@ -58,15 +55,33 @@ class Drain:
         """Return once no request is in flight."""
         await self._idle.wait()
 
-    @contextmanager
-    def request(self) -> Iterator[None]:
-        """Mark one request (or one TCP connection) as in flight for the duration of the block."""
+    def request(self) -> _InFlight:
+        """Mark one request (or one TCP connection) as in flight for the duration of a `with` block.
+
+        A small class rather than `@contextmanager`: this runs on every request, and a
+        generator-based context manager costs several times more.
+        """
+        return _InFlight(self)
+
+    def _enter(self) -> None:
         self._in_flight += 1
         if self._in_flight == 1:
             self._idle = trio.Event()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+
+    def _exit(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+
+class _InFlight:
+    __slots__ = ("_drain",)
+
+    def __init__(self, drain: Drain) -> None:
+        self._drain = drain
+
+    def __enter__(self) -> None:
+        self._drain._enter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._drain._exit()

@@ -25,6 +25,16 @@ Direction = Literal["inbound", "outbound"]
 _access_log = structlog.get_logger("trustmesh.access")
 _HANDLER_NAME: Final = "trustmesh"
 
+# The level `configure_logging` set, for checks on the hot path: asking a structlog logger
+# (`is_enabled_for`) costs microseconds per call, since loggers are not cached (so tests can
+# reconfigure); reading this costs nothing. Before configuration everything is emitted.
+_level = logging.NOTSET
+
+
+def level_enabled(level: int) -> bool:
+    """Would an event at `level` be emitted? (Cheap: for per-request decisions to skip work.)"""
+    return level >= _level
+
 
 def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: `trace_id`/`span_id` (W3C hex) of the current OTel span, if there is one.
@@ -48,9 +58,11 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto", *, stream: T
     `fmt="auto"` picks the console renderer when the stream is a terminal, JSON lines otherwise.
     `stream` defaults to stderr (tests pass a StringIO).
     """
+    global _level
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
+    _level = numeric
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
@@ -113,6 +125,8 @@ def access_log(
     trace id. `error_code` is the sidecar's own failure code, None when the sidecar did not fail
     the request (an app's 500 is a status, not a sidecar error).
     """
+    if _level > logging.INFO:
+        return  # --log-level warning: skip building the event, on every request
     _access_log.info(
         "access",
         direction=direction,

@@ -21,6 +21,7 @@ from trustmesh.identity.spiffe_id import SpiffeId
 from trustmesh.policy.decision_log import log_decision
 from trustmesh.policy.engine import Decision, PolicyEngine, Request
 from trustmesh.policy.model import Revision
+from trustmesh.tracing.logs import level_enabled
 
 log = structlog.get_logger("trustmesh.policy.decisions")
 
@@ -63,6 +64,6 @@ class PolicyAuthorizer:
             self._on_decision(decision)
         # Plain allows are logged at debug; skip building the event when nobody reads it,
         # since this runs on every request.
-        if decision.allowed and not decision.audit and not log.is_enabled_for(logging.DEBUG):
+        if decision.allowed and not decision.audit and not level_enabled(logging.DEBUG):
             return
         log_decision(log, decision, Request(peer, self._own, method, path, port))
