@@ -18,14 +18,14 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from dulwich.errors import NotGitRepository
-from dulwich.objects import Blob, Commit
-from dulwich.objectspec import parse_commit
-from dulwich.repo import Repo
+from typing import TYPE_CHECKING
 
 from trustmesh.policy.loader import is_expectation_file, is_policy_file, load_revision
 from trustmesh.policy.model import Problems, Revision
+
+if TYPE_CHECKING:
+    from dulwich.objects import Commit
+    from dulwich.repo import Repo
 
 __all__ = [
     "DirSource",
@@ -63,6 +63,11 @@ def _wanted(path: str) -> bool:
 
 
 def _open_repo(repo: str | Path) -> Repo:
+    # dulwich is imported where git is read: a sidecar following a plain directory (or the
+    # control plane's stream) never loads it.
+    from dulwich.errors import NotGitRepository
+    from dulwich.repo import Repo
+
     try:
         return Repo(str(repo))
     except NotGitRepository as exc:
@@ -70,6 +75,8 @@ def _open_repo(repo: str | Path) -> Repo:
 
 
 def _resolve(repository: Repo, repo: str | Path, ref: str) -> Commit:
+    from dulwich.objectspec import parse_commit
+
     try:
         return parse_commit(repository, ref)
     except KeyError as exc:
@@ -84,6 +91,8 @@ def resolve_git_ref(repo: str | Path, ref: str) -> str:
 
 def read_git(repo: str | Path, ref: str) -> Snapshot:
     """The committed tree at `ref`: revision id = commit SHA, message = commit message."""
+    from dulwich.objects import Blob
+
     with _open_repo(repo) as repository:
         commit = _resolve(repository, repo, ref)
         files: dict[str, bytes] = {}
