@@ -329,8 +329,10 @@ class Mesh:
         policy: str | None = ALLOW_ALL_POLICY,
         control_plane_args: Sequence[str] = (),
         store_url: str | None = None,
+        ca_args: Sequence[str] = (),
     ) -> None:
         self.root = root
+        self._ca_args = list(ca_args)  # e.g. ["--intermediate-ttl", "20s"] for rotation tests
         # With a PostgreSQL URL, several control planes (replicas) share one database.
         self.store_args = ["--store", store_url] if store_url else []
         self.replicas: list[ControlPlane] = []
@@ -363,7 +365,14 @@ class Mesh:
 
     def _start_control_plane(self) -> None:
         done = run_cli(
-            "ca", "init", "--trust-domain", TRUST_DOMAIN, "--state-dir", str(self.state_dir), *self.store_args
+            "ca",
+            "init",
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--state-dir",
+            str(self.state_dir),
+            *self.store_args,
+            *self._ca_args,
         )
         if done.returncode != 0:
             raise RuntimeError(f"ca init failed: {done.stderr}")
