@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# `from tests.ca.forge import ...` needs the repository root importable (pytest runs with
-# --import-mode=importlib, which does not add it).
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from trustmesh.ca import CertificateAuthority  # noqa: E402
-from trustmesh.clock import ManualClock  # noqa: E402
+from trustmesh.ca import CertificateAuthority
+from trustmesh.clock import ManualClock
 
 TRUST_DOMAIN = "example.org"
 

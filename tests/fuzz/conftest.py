@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# `from tests.sidecar_proxy.harness import ...` needs the repository root importable (pytest
-# runs with --import-mode=importlib, which does not add it).
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.sidecar_proxy.harness import API, WEB, Pki, StaticIdentity, make_pki  # noqa: E402
+from tests.sidecar_proxy.harness import API, WEB, Pki, StaticIdentity, make_pki
 
 
 @pytest.fixture(scope="module")

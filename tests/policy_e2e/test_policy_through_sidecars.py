@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.sidecar_e2e.mesh import LOOPBACK, Mesh, spiffe_id, wait_until  # noqa: E402
+from tests.sidecar_e2e.mesh import LOOPBACK, Mesh, spiffe_id, wait_until
 
 ALLOW_GET = f"""\
 apiVersion: trustmesh.dev/v1

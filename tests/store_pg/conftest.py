@@ -7,21 +7,14 @@ interchangeable behind `Store`. The cluster starts only when a PostgreSQL case r
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-# `from tests.pgcluster import ...` needs the repository root importable (pytest runs with
-# --import-mode=importlib, which does not add it).
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.pgcluster import PgCluster  # noqa: E402
-from trustmesh.store import SqliteStore, Store  # noqa: E402
-from trustmesh.store.postgres import PostgresStore, open_postgres_store  # noqa: E402
+from tests.pgcluster import PgCluster
+from trustmesh.store import SqliteStore, Store
+from trustmesh.store.postgres import PostgresStore, open_postgres_store
 
 StoreOpener = Callable[[], Awaitable[Store]]
 

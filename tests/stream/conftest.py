@@ -9,7 +9,6 @@ the clock and sweep instead of waiting 15 s.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,20 +17,16 @@ from pathlib import Path
 import pytest
 import trio
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from trustmesh.ca import CertificateAuthority  # noqa: E402
-from trustmesh.clock import ManualClock  # noqa: E402
-from trustmesh.control.join_client import Svid, join  # noqa: E402
-from trustmesh.control.policy_service import PolicyService  # noqa: E402
-from trustmesh.control.server import ControlPlane  # noqa: E402
-from trustmesh.control.stream import StreamHub, StreamSettings  # noqa: E402
-from trustmesh.identity import SpiffeId  # noqa: E402
-from trustmesh.policy.source import GitSource  # noqa: E402
-from trustmesh.policy.watcher import PolicyWatcher  # noqa: E402
-from trustmesh.sidecar.stream_client import StreamClient, StreamClientSettings  # noqa: E402
+from trustmesh.ca import CertificateAuthority
+from trustmesh.clock import ManualClock
+from trustmesh.control.join_client import Svid, join
+from trustmesh.control.policy_service import PolicyService
+from trustmesh.control.server import ControlPlane
+from trustmesh.control.stream import StreamHub, StreamSettings
+from trustmesh.identity import SpiffeId
+from trustmesh.policy.source import GitSource
+from trustmesh.policy.watcher import PolicyWatcher
+from trustmesh.sidecar.stream_client import StreamClient, StreamClientSettings
 
 TD = "example.org"
 API = f"spiffe://{TD}/ns/default/sa/api"
@@ -161,9 +156,7 @@ class Mesh:
 
 
 @pytest.fixture
-async def mesh(
-    state_dir: Path, clock: ManualClock, repo: Path, nursery: trio.Nursery
-) -> AsyncIterator[Mesh]:
+async def mesh(state_dir: Path, clock: ManualClock, repo: Path, nursery: trio.Nursery) -> AsyncIterator[Mesh]:
     m = Mesh(nursery, state_dir, clock, repo)
     await m.start()
     try:

@@ -6,14 +6,9 @@ api's sidecar registers, and forgets it when api's sidecar shuts down (it deregi
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.sidecar_e2e.mesh import Mesh, spiffe_id, wait_until  # noqa: E402
+from tests.sidecar_e2e.mesh import Mesh, spiffe_id, wait_until
 
 
 def test_endpoints_appear_and_disappear_as_sidecars_join_and_leave(tmp_path: Path) -> None:
