@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.sdk.version import __version__ as _sdk_version
 
 from trustmesh.clock import Clock, SystemClock
+from trustmesh.tracing.otlp_wire import encode_request
 
 _log = structlog.get_logger("trustmesh.tracing")
 
@@ -314,6 +315,27 @@ class _GuardedExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
+class _WireOTLPSpanExporter(OTLPSpanExporter):
+    """The SDK's OTLP/HTTP exporter with `otlp_wire`'s encoder: same bytes on the wire, ~10x cheaper.
+
+    Sending (session, retries, compression, headers, timeout) stays the SDK's own `_client`; only
+    the protobuf encoding is replaced, because it ran on the export thread inside the proxy's
+    process and took a third of the cost of tracing.
+    """
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        client = getattr(self, "_client", None)
+        if client is None or self._shutdown:  # a different SDK layout: the SDK's own path
+            return super().export(spans)
+        data = encode_request(spans)
+        if len(data) > self._max_request_size:
+            logging.getLogger(_EXPORTER_LOGGERS[0]).warning(
+                "Dropping span batch: serialized size %d bytes exceeds max_request_size", len(data)
+            )
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS if client.export(data).success else SpanExportResult.FAILURE
+
+
 # --- the per-process object --------------------------------------------------------------------
 
 
@@ -430,7 +452,7 @@ def setup_tracing(
     processor: BatchSpanProcessor | None = None
     guard: _GuardedExporter | None = None
     if exporter is None and settings.traces_endpoint is not None:
-        exporter = OTLPSpanExporter(endpoint=settings.traces_endpoint, timeout=settings.export_timeout_s)
+        exporter = _WireOTLPSpanExporter(endpoint=settings.traces_endpoint, timeout=settings.export_timeout_s)
     if exporter is not None:
         for name in _EXPORTER_LOGGERS:
             logging.getLogger(name).addFilter(_CAPTURE_FILTER)  # idempotent
