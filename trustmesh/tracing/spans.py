@@ -24,9 +24,19 @@ from typing import Final, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
 from opentelemetry.util.types import AttributeValue
 
+from trustmesh.tracing.hot_span import Recorder
 from trustmesh.tracing.propagation import Headers, IncomingContext, extract, inject
 
 # Attribute keys: OpenTelemetry HTTP semantic conventions (stable, v1.23+) and our own.
@@ -196,7 +206,9 @@ class OutboundRequest:
         "_method",
         "_off",
         "_parent",
+        "_parent_span",
         "_path",
+        "_recorder",
         "_root",
         "_service",
         "_token",
@@ -206,9 +218,17 @@ class OutboundRequest:
     )
 
     def __init__(
-        self, tracer: trace.Tracer, incoming: IncomingContext, *, method: bytes, target: bytes, service: str
+        self,
+        tracer: trace.Tracer,
+        incoming: IncomingContext,
+        *,
+        method: bytes,
+        target: bytes,
+        service: str,
+        recorder: Recorder | None = None,
     ) -> None:
         self._tracer = tracer
+        self._recorder = recorder
         self.incoming = incoming
         self.request_id = incoming.request_id_str
         self._method = method
@@ -217,19 +237,28 @@ class OutboundRequest:
         self._token: object | None = None
         self._root: RequestSpan | None = None
         self._off = isinstance(tracer, trace.NoOpTracer)
-        parent = incoming.otel_context()
-        if parent is None and not self._off:
+        # The attempts' parent: the app's span, or the INTERNAL root below.
+        self._parent_span: SpanContext | None = incoming.parent
+        if self._parent_span is None and not self._off:
             # No parent from the app: one INTERNAL span so that every attempt lands in one trace.
             attributes: dict[str, AttributeValue] = {
                 URL_PATH: self._path,
                 MESH_SERVICE: service,
                 REQUEST_ID: self.request_id,
             }
-            name = _method_attributes(method, attributes)
-            span = tracer.start_span(f"{name} {service}", kind=SpanKind.INTERNAL, attributes=attributes)
+            name = f"{_method_attributes(method, attributes)} {service}"
+            if recorder is not None:
+                span = recorder.start(name, None, SpanKind.INTERNAL, attributes)
+            else:
+                span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
             self._root = RequestSpan(span, SpanKind.INTERNAL, incoming)
-            parent = trace.set_span_in_context(span)
-        self._parent = parent
+            self._parent_span = span.get_span_context()
+        # Made current on __enter__, so log events between attempts carry the trace id.
+        self._parent: Context | None = (
+            trace.set_span_in_context(NonRecordingSpan(self._parent_span))
+            if self._parent_span is not None
+            else None
+        )
 
     def __enter__(self) -> OutboundRequest:
         if self._parent is not None:
@@ -282,7 +311,10 @@ class OutboundRequest:
             attributes[HTTP_RESEND_COUNT] = attempt
         name = _method_attributes(self._method, attributes)
         kind = SpanKind.CLIENT
-        span = self._tracer.start_span(name, context=self._parent, kind=kind, attributes=attributes)
+        if self._recorder is not None:
+            span = self._recorder.start(name, self._parent_span, kind, attributes)
+        else:
+            span = self._tracer.start_span(name, context=self._parent, kind=kind, attributes=attributes)
         return RequestSpan(span, kind, self.incoming)
 
     def finish(self, status: int, *, error_code: str | None = None) -> None:
@@ -299,6 +331,8 @@ class MeshTracer:
         self.service = service
         # With OTel's no-op tracer, skip attribute building entirely: requests cost one extract().
         self._off = isinstance(tracer, trace.NoOpTracer)
+        # The SDK's tracer: request spans skip its general-purpose start_span (see hot_span).
+        self._recorder = None if self._off else Recorder.for_tracer(tracer)
 
     def inbound(
         self,
@@ -337,14 +371,24 @@ class MeshTracer:
         if route is not None:
             attributes[HTTP_ROUTE] = route
             name = f"{name} {route}"
-        span = self._tracer.start_span(
-            name, context=incoming.otel_context(), kind=SpanKind.SERVER, attributes=attributes
-        )
+        if self._recorder is not None:
+            span = self._recorder.start(name, incoming.parent, SpanKind.SERVER, attributes)
+        else:
+            span = self._tracer.start_span(
+                name, context=incoming.otel_context(), kind=SpanKind.SERVER, attributes=attributes
+            )
         return RequestSpan(span, SpanKind.SERVER, incoming)
 
     def outbound(self, headers: Headers, *, method: bytes, target: bytes, service: str) -> OutboundRequest:
         """The outbound side of one app request to `service`; call `.attempt(...)` per try."""
-        return OutboundRequest(self._tracer, extract(headers), method=method, target=target, service=service)
+        return OutboundRequest(
+            self._tracer,
+            extract(headers),
+            method=method,
+            target=target,
+            service=service,
+            recorder=self._recorder,
+        )
 
 
 ControlOperation = Literal["join", "renew", "policy.activate"]
