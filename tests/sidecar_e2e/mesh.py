@@ -273,9 +273,10 @@ class EchoApp:
     when such a request has arrived.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.seen: list[SeenRequest] = []
         self.started_slow = threading.Event()
+        self.delay = delay  # seconds added to every answer (an endpoint made slow)
         app = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -291,6 +292,8 @@ class EchoApp:
                 for key, value in self.headers.items():
                     headers.setdefault(key.lower(), []).append(value)
                 app.seen.append(SeenRequest(self.command, self.path, headers))
+                if app.delay:
+                    time.sleep(app.delay)
                 if self.path.startswith("/slow"):
                     app.started_slow.set()
                     seconds = float(self.path.partition("seconds=")[2] or "2")
@@ -399,8 +402,8 @@ class Mesh:
         replica.start()
         return replica
 
-    def start_app(self) -> EchoApp:
-        app = EchoApp()
+    def start_app(self, delay: float = 0.0) -> EchoApp:
+        app = EchoApp(delay)
         self.apps.append(app)
         return app
 
