@@ -164,3 +164,17 @@ def test_cap_holds_and_ejections_end(total: int, percent: int, ops: list[tuple[i
         assert len(det.ejected(clock.monotonic())) * 100 <= total * percent
     clock.advance(40)
     assert det.ejected(clock.monotonic()) == frozenset()
+
+
+def test_breaker_transitions_are_reported_for_the_metric() -> None:
+    """open on ejection, half_open on readmission, closed once probation passes."""
+    seen: list[tuple[str, str]] = []
+    d: OutlierDetector[str] = OutlierDetector(S, service="api", on_state=lambda k, s: seen.append((k, s)))
+    for _ in range(5):
+        d.failure("a", 0.0, total=2)
+    assert seen == [("a", "open")]
+    assert not d.available("a", 29.0)
+    assert d.available("a", 30.0)
+    assert seen[-1] == ("a", "half_open")
+    d.success("a", 31.0)
+    assert seen == [("a", "open"), ("a", "half_open"), ("a", "closed")]

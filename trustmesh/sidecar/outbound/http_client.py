@@ -157,7 +157,12 @@ class OutboundHttp:
         self._balancer: Balancer = self._p2c
         self._applied: TrafficSettings | None = None
         self._budget = RetryBudget()
-        self.outlier: OutlierDetector[HostPort] = OutlierDetector(service=cfg.service)
+        self.outlier: OutlierDetector[HostPort] = OutlierDetector(
+            service=cfg.service,
+            on_state=lambda endpoint, state: self._metrics.set_breaker_state(
+                cfg.service, str(endpoint), state
+            ),
+        )
         self._known: Sequence[StaticEndpoint] = ()
         self._budget_logged = -math.inf
 

@@ -17,11 +17,14 @@ endpoints have no state at all: a success on a never-failed endpoint is one dict
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import structlog
+
+if TYPE_CHECKING:  # a type only: this module stays pure
+    from trustmesh.tracing.metrics import BreakerState
 
 log = structlog.get_logger(__name__)
 
@@ -53,9 +56,18 @@ class _Health:
 class OutlierDetector(Generic[K]):
     """Per-endpoint failure streaks and ejections for one service."""
 
-    def __init__(self, settings: OutlierSettings = OutlierSettings(), *, service: str = "") -> None:
+    def __init__(
+        self,
+        settings: OutlierSettings = OutlierSettings(),
+        *,
+        service: str = "",
+        on_state: Callable[[K, BreakerState], None] | None = None,
+    ) -> None:
         self.settings = settings
         self._service = service
+        # Told of every breaker transition (open on ejection, half_open on readmission, closed
+        # when probation passes): the sidecar's `trustmesh_circuit_breaker_state` gauge.
+        self._on_state = on_state
         self._health: dict[K, _Health] = {}
         self._ejected: set[K] = set()
 
@@ -82,6 +94,8 @@ class OutlierDetector(Generic[K]):
         health.failures = 0
         health.readmitted_at = now
         log.info("endpoint_readmitted", service=self._service, endpoint=str(key), ejections=health.ejections)
+        if self._on_state is not None:
+            self._on_state(key, "half_open")
         return True
 
     def success(self, key: K, now: float) -> None:
@@ -92,6 +106,8 @@ class OutlierDetector(Generic[K]):
         if health.probation:
             health.probation = False
             log.info("endpoint_probation_passed", service=self._service, endpoint=str(key))
+            if self._on_state is not None:
+                self._on_state(key, "closed")
         if health.ejections and now - health.readmitted_at >= self.settings.max_ejection:
             health.ejections = 0
         if not health.ejections and key not in self._ejected:
@@ -132,6 +148,8 @@ class OutlierDetector(Generic[K]):
         health.failures = 0
         health.probation = False
         self._ejected.add(key)
+        if self._on_state is not None:
+            self._on_state(key, "open")
         log.warning(
             "endpoint_ejected",
             service=self._service,
