@@ -125,8 +125,11 @@ async def test_killing_one_of_two_endpoints_under_steady_gets_is_invisible(
                 assert len(victim.app.requests) > 0  # it did take traffic before dying
                 kill.set()
         assert statuses == [200] * 180
-        assert len(survivor.app.requests) + len(victim.app.requests) == 180
         assert traffic.retries >= 1  # the failures were there, and retried
+        # A GET the dying app had received but never answered is retried on the survivor (it is
+        # idempotent), so the apps may see it twice: every request beyond 180 is one of the retries.
+        seen = len(survivor.app.requests) + len(victim.app.requests)
+        assert 180 <= seen <= 180 + traffic.retries, (seen, traffic.retries)
 
 
 async def test_retries_stay_within_the_budget_when_every_endpoint_fails(
