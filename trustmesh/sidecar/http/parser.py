@@ -197,6 +197,32 @@ class _Parser:
         self._head_size = 0
         self._raw_in_head = 0
 
+    def _feed(
+        self,
+        parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
+        data: bytes,
+        status: int,
+        code: str,
+    ) -> None:
+        """Feed llhttp; a malformed message is `HttpError(status, code)`, our own callbacks'
+        HttpErrors surface as they are.
+
+        An Upgrade ends the HTTP part at the head (101 for responses; requests are not
+        tunnelled yet and the Upgrade header is stripped as hop-by-hop), so it is not an error.
+        """
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, HttpError):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            raise HttpError(status, code, str(exc)) from None
+        self._after_feed(len(data))
+
     def _after_feed(self, size: int) -> None:
         # httptools keeps a partial header value to itself until the CRLF, so a single
         # endless header would never reach on_header: bound the raw bytes fed while a
@@ -217,21 +243,7 @@ class RequestParser(_Parser):
 
     def feed(self, data: bytes) -> None:
         """Parse `data`, appending events; raise `HttpError` (400/431) on a broken request."""
-        try:
-            self._p.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Upgrade requests end their HTTP part at the head; the sidecar does not tunnel
-            # upgraded protocols yet (the Upgrade header is stripped as hop-by-hop), so
-            # bytes after the head would be the next request.
-            pass
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, HttpError):
-                raise cause from None
-            raise
-        except httptools.HttpParserError as exc:
-            raise HttpError(400, "bad-request", str(exc)) from None
-        self._after_feed(len(data))
+        self._feed(self._p, data, 400, "bad-request")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -277,18 +289,7 @@ class ResponseParser(_Parser):
     def feed(self, data: bytes) -> None:
         if self.done:
             return
-        try:
-            self._p.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # 101 Switching Protocols: the head is the whole HTTP part
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, HttpError):
-                raise cause from None
-            raise
-        except httptools.HttpParserError as exc:
-            raise HttpError(502, "bad-response", str(exc)) from None
-        self._after_feed(len(data))
+        self._feed(self._p, data, 502, "bad-response")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
