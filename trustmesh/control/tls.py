@@ -1,9 +1,10 @@
-"""TLS for the control plane: its own SVID, the server SSLContext, and reading the client chain.
+"""TLS for the control plane: its own SVID and the server SSLContext.
 
 Why the control plane does its own TLS instead of letting hypercorn do it: hypercorn
 does not pass the client certificate to the ASGI app, and `/v1/renew` and
 `/v1/jwt-svid` authenticate callers by exactly that certificate. So `server.py`
-accepts TCP, wraps it in `trio.SSLStream` with the context built here, completes the
+accepts TCP, wraps it in a stdlib `ssl.SSLSocket` with the context built here (driven by
+`tls_stream.TlsStream`), completes the
 handshake, stores the peer chain for the app, and only then hands the stream to
 hypercorn's `TCPServer`.
 
@@ -24,8 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-import trio
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from trustmesh.ca import CertificateAuthority
@@ -141,20 +140,3 @@ class ServerTls:
         )
 
 
-def peer_chain(stream: trio.SSLStream[trio.SocketStream]) -> list[x509.Certificate]:
-    """The certificate chain the peer sent (leaf first), empty when it sent none.
-
-    Python 3.13 has `SSLObject.get_unverified_chain()`; 3.11 has the same method only on
-    the private `_sslobj`, and trio does not forward either, hence the reaching in. The
-    chain is unverified on purpose: `validate_x509_svid` does the SPIFFE validation.
-    Raises ValueError if a certificate does not parse.
-    """
-    ssl_object = stream._ssl_object
-    public = getattr(ssl_object, "get_unverified_chain", None)
-    if public is not None:
-        ders: list[bytes] = [der for der in (public() or []) if der]
-    else:
-        # 3.11 puts a None in the list when the client sent no certificate.
-        raw = ssl_object._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
-        ders = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in (raw or []) if c is not None]  # type: ignore[attr-defined]
-    return [x509.load_der_x509_certificate(der) for der in ders]

@@ -116,11 +116,13 @@ def peer_chain_der(sock: ssl.SSLSocket) -> list[bytes]:
     Python 3.11 has no public API for the peer's chain (`get_unverified_chain` is public from
     3.13); the private `_sslobj` carries it since 3.10. On the server side OpenSSL leaves the
     leaf out of the list; CPython puts it back. A resumed session may keep only the leaf.
+    A server that asked for no certificate, or was sent none, gets an empty list (3.11
+    puts a None in the chain then).
     """
     sslobj = sock._sslobj  # type: ignore[attr-defined]  # private on 3.11, see docstring
     chain = sslobj.get_unverified_chain() if sslobj is not None else None
     if chain:
-        return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in chain]  # type: ignore[attr-defined]
+        return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in chain if cert is not None]  # type: ignore[attr-defined]
     leaf = sock.getpeercert(binary_form=True)
     return [leaf] if leaf else []
 
