@@ -57,6 +57,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_ROTATION_CHECK = timedelta(seconds=30)
 # A client that cannot finish a TLS handshake in this time is not worth a task slot.
 HANDSHAKE_TIMEOUT_S = 10.0
+DEFAULT_KEEP_ALIVE_TIMEOUT = timedelta(seconds=5)
 # After SIGTERM, in-flight requests get this long to finish before they are cancelled.
 GRACEFUL_SHUTDOWN_S = 5.0
 
@@ -85,6 +86,8 @@ class ControlPlane:
     clock: Clock = field(default_factory=SystemClock)
     store_url: str | None = None
     rotation_check: timedelta = DEFAULT_ROTATION_CHECK
+    # An idle kept-alive client connection is closed after this (hypercorn's default).
+    keep_alive_timeout: timedelta = DEFAULT_KEEP_ALIVE_TIMEOUT
     policy: PolicyService | None = None
     # The web GUI and OTLP receiver on their own plain-HTTP listener (trustmesh/control/gui).
     gui: GuiListener | None = None
@@ -142,6 +145,7 @@ class ControlPlane:
         extra_routes += self.stream.routes()
         app = ASGIWrapper(build_app(self.issuer, extra_routes))  # type: ignore[arg-type]  # ASGI typings differ
         config = Config()
+        config.keep_alive_timeout = self.keep_alive_timeout.total_seconds()
         context = WorkerContext(None)
         tls = self.tls
 

@@ -82,6 +82,7 @@ async def start_control_plane(
     *,
     svid_ttl: timedelta | None = None,
     policy: PolicyService | None = None,
+    keep_alive_timeout: timedelta | None = None,
 ) -> ControlPlaneHarness:
     """Serve the CA in `state_dir` on 127.0.0.1:<free port> until `harness.cp.stop()` or the nursery ends.
 
@@ -97,5 +98,7 @@ async def start_control_plane(
         rotation_check=timedelta(hours=1),
         policy=policy,
     )
+    if keep_alive_timeout is not None:
+        cp.keep_alive_timeout = keep_alive_timeout
     address = await nursery.start(cp.run)
     return ControlPlaneHarness(cp, clock, state_dir, address)
