@@ -65,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import Counter
 
-from trustmesh.ca.csr import check_public_key
+from trustmesh.ca.csr import check_public_key, csr_public_key
 from trustmesh.ca.keystore import CaStateError, KeyStore
 from trustmesh.clock import Clock, SystemClock
 from trustmesh.identity.bundle import PublicKey, TrustBundle
@@ -587,7 +587,7 @@ class CertificateAuthority:
         ttl = DEFAULT_X509_SVID_TTL if ttl is None else ttl
         if ttl <= timedelta(0):
             raise ValueError("ttl must be positive")
-        public_key = csr.public_key()
+        public_key = csr_public_key(csr)
         check_public_key(public_key)
 
         now = self._now()
