@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     telemetry = telemetry_from_args(args)
     configure_logging(args.log_level, args.log_format)
-    sidecar = Sidecar(cfg, telemetry=telemetry)
+    sidecar = Sidecar(cfg, telemetry=telemetry, freeze_gc=True)
     try:
         return trio.run(sidecar.run)
     except SidecarFailed as err:

@@ -16,6 +16,7 @@ rest and returning 0.
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -154,9 +155,16 @@ class Sidecar:
     """The assembled process. `run()` returns the exit code once drained."""
 
     def __init__(
-        self, cfg: SidecarConfig, *, clock: Clock | None = None, telemetry: TelemetryOptions | None = None
+        self,
+        cfg: SidecarConfig,
+        *,
+        clock: Clock | None = None,
+        telemetry: TelemetryOptions | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         self.cfg = cfg
+        # The CLI's process is this sidecar alone; tests run several in one interpreter.
+        self.freeze_gc = freeze_gc
         self.telemetry_options = telemetry if telemetry is not None else TelemetryOptions()
         self.tracing: Tracing | None = None
         self.clock = clock or SystemClock()
@@ -274,6 +282,13 @@ class Sidecar:
                     admin=str(self.admin_address) if self.admin_address else None,
                 )
                 task_status.started()
+                if self.freeze_gc:
+                    # Start-up is over: what exists now (modules, config, the SVID) lives as
+                    # long as the process. Frozen, the cyclic GC never walks it again: a full
+                    # collection under load measured 24-35 ms with it and 1-2 ms without, a
+                    # pause every request in flight would wait through.
+                    gc.collect()
+                    gc.freeze()
             await self.drain.wait_started()
             for stream in self.streams:
                 # Deregister at once: callers stop picking this endpoint while we drain.
