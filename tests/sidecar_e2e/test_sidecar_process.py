@@ -235,6 +235,19 @@ def test_used_token_and_missing_identity_are_one_line_errors(tmp_path: Path) -> 
         )
         # (an --outbound needs no --endpoints: the control plane reports the service's endpoints)
         assert done.returncode == 1 and "--advertise" in _error_line(done.stderr)
+        done = _run(
+            [
+                *trustmesh_command(),
+                "sidecar",
+                "--control-plane",
+                mesh.cp.url,
+                "--data-dir",
+                str(tmp_path),
+                "--body-timeout",
+                "0s",
+            ]
+        )
+        assert done.returncode == 1 and "--body-timeout: must be more than zero" in _error_line(done.stderr)
 
 
 def test_sigterm_drains_an_in_flight_request_and_exits_zero(tmp_path: Path) -> None:

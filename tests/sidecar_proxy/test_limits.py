@@ -1,18 +1,23 @@
-"""Abuse limits on inbound: 431, 408, max connections, request smuggling, idle keep-alive."""
+"""Abuse limits: 431, 408 (slow head, stalled body), max connections, smuggling, idle keep-alive."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 import trio
 
 from tests.sidecar_proxy.harness import (
+    API,
     HttpClient,
     StaticIdentity,
     client_context,
+    endpoint,
     inbound_running,
+    open_plain,
     open_tls,
+    outbound_running,
     raw_exchange,
 )
 from trustmesh.sidecar.config import Limits
@@ -125,3 +130,67 @@ async def test_smuggling_attempts_are_400_and_never_forwarded(
         assert b"connection: close" in got
         assert inbound.app.requests == []
         assert inbound.app.raw_bytes == 0
+
+
+async def _read_to_close(stream: trio.abc.ReceiveStream) -> bytes:
+    got = b""
+    with trio.fail_after(10):
+        while True:
+            try:
+                piece = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not piece:
+                break
+            got += piece
+    return got
+
+
+async def test_stalled_request_body_is_408_and_never_completes_at_the_app(
+    web: StaticIdentity, api: StaticIdentity
+) -> None:
+    limits = Limits(body_timeout=timedelta(seconds=0.4), drain_timeout=timedelta(seconds=1))
+    async with inbound_running(api, limits=limits) as inbound:
+        stream = await open_tls(inbound.port, client_context(web))
+        # 10 of 1000 promised bytes, then nothing: a trickled body holding the app's worker.
+        await stream.send_all(
+            b"POST /upload HTTP/1.1\r\nhost: api\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10
+        )
+        got = await _read_to_close(stream)
+        assert got.startswith(b"HTTP/1.1 408 ")
+        assert b"x-trustmesh-error: body-timeout" in got
+        assert inbound.app.requests == []  # the app never saw the request end
+
+
+async def test_slow_but_steady_body_is_not_timed_out(web: StaticIdentity, api: StaticIdentity) -> None:
+    limits = Limits(body_timeout=timedelta(seconds=0.5), drain_timeout=timedelta(seconds=1))
+
+    async def steady() -> AsyncIterator[bytes]:
+        for _ in range(8):  # 1.2 s in all, well past the timeout; never 0.5 s without a byte
+            yield b"y" * 10
+            await trio.sleep(0.15)
+
+    async with inbound_running(api, limits=limits) as inbound:
+        client = HttpClient(await open_tls(inbound.port, client_context(web)))
+        with trio.fail_after(10):
+            response = await client.request("POST", "/upload", body=steady())
+        assert response.status == 200
+        assert response.json()["body_len"] == 80
+
+
+async def test_outbound_stalled_body_from_the_app_is_408(web: StaticIdentity, api: StaticIdentity) -> None:
+    limits = Limits(body_timeout=timedelta(seconds=0.4), drain_timeout=timedelta(seconds=1))
+    async with (
+        inbound_running(api) as inbound,
+        outbound_running(web, [endpoint(inbound.port, API)], limits=limits) as outbound,
+    ):
+        stream = await open_plain(outbound.port)
+        # POST is never replayed, so its body is streamed upstream as it comes.
+        await stream.send_all(
+            b"POST /upload HTTP/1.1\r\nhost: api\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10
+        )
+        got = await _read_to_close(stream)
+        assert got.startswith(b"HTTP/1.1 408 ")
+        assert b"x-trustmesh-error: body-timeout" in got
+        assert b"x-request-id: " in got
+        assert inbound.app.requests == []

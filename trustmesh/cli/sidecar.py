@@ -94,6 +94,12 @@ def register(subparsers: Any) -> None:
         "--drain-timeout", default="15s", metavar="DURATION", help="SIGTERM: in-flight requests get this long"
     )
     p.add_argument(
+        "--body-timeout",
+        default="60s",
+        metavar="DURATION",
+        help="a request body that sends nothing for this long gets 408 and its connections close",
+    )
+    p.add_argument(
         "--policy-dir",
         type=Path,
         metavar="DIR",
@@ -161,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     endpoints = _parse_each("--endpoints", args.endpoints, StaticEndpoint.parse)
     (admin,) = _parse_each("--admin", [args.admin], HostPort.parse)
     drain_timeout = _duration("--drain-timeout", args.drain_timeout)
+    body_timeout = _duration("--body-timeout", args.body_timeout)
     policy_poll = _duration("--policy-poll", args.policy_poll)
     if args.policy_dir is not None and not args.policy_dir.is_dir():
         raise CliError(f"--policy-dir: {args.policy_dir} is not a directory")
@@ -181,7 +188,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         outbounds=outbounds,
         endpoints=endpoints,
         admin=admin,
-        limits=Limits(drain_timeout=drain_timeout),
+        limits=Limits(drain_timeout=drain_timeout, body_timeout=body_timeout),
         policy_dir=args.policy_dir,
         policy_poll=policy_poll,
         advertise=advertise,

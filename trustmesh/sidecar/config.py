@@ -98,6 +98,9 @@ class Limits:
 
     max_head_bytes: int = 64 * 1024  # request head larger than this -> 431
     head_timeout: timedelta = timedelta(seconds=10)  # head not complete in time (slowloris) -> 408
+    # A request body that sends nothing for this long (a trickled body holds a connection
+    # and the app's worker) -> 408, both connections closed. nginx's client_body_timeout.
+    body_timeout: timedelta = timedelta(seconds=60)
     idle_timeout: timedelta = timedelta(seconds=60)  # keep-alive connection with no request
     max_connections: int = 10_000  # concurrent inbound connections per listener
     drain_timeout: timedelta = timedelta(seconds=15)  # SIGTERM: in-flight requests get this long

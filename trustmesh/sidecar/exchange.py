@@ -14,6 +14,7 @@ Hot-path rules, each measured to matter:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,14 +84,16 @@ async def relay(
     max_head_bytes: int,
     closing: Callable[[], bool],
     accept: Accept | None = None,
+    body_timeout: float = math.inf,
 ) -> Outcome:
     """Send `head_bytes` and the body of `head` (from `parser`/`down`) to `up`; relay the answer.
 
     `closing()` is asked when the response head is written (a drain may begin while the
     request is in flight): True adds `connection: close` and ends the downstream connection.
     `accept(status)`, if given, is asked just before the final response head is written.
+    A body still arriving must send something at least every `body_timeout` seconds.
     Raises `UpstreamFailed`, `DownstreamGone`, `ResponseRefused` (from `accept`), or
-    `HttpError` (a broken request body).
+    `HttpError` (a broken or stalled request body, the response not begun yet).
     """
     out = [head_bytes]
     complete = _take_body(parser.events, out, head.chunked)
@@ -109,7 +112,7 @@ async def relay(
 
         async def body() -> None:
             try:
-                await _stream_body(down, parser, head.chunked, up, state)
+                await _stream_body(down, parser, head.chunked, up, state, body_timeout)
             except UpstreamFailed:
                 # The app stopped reading (it may have answered early, e.g. 413): let the
                 # response side read what it sent; the connection is not reused.
@@ -120,12 +123,18 @@ async def relay(
 
         nursery.start_soon(body)
         try:
-            outcome = await _relay_response(down, up, head, max_head_bytes, closing, accept, body_done=True)
+            outcome = await _relay_response(
+                down, up, head, max_head_bytes, closing, accept, body_done=True, state=state
+            )
         except (UpstreamFailed, DownstreamGone, HttpError, ResponseRefused) as exc:
             failure.append(exc)
         nursery.cancel_scope.cancel()
     if failure:
-        raise failure[0]
+        first = failure[0]
+        if isinstance(first, HttpError) and state.response_started:
+            # Part of the answer already went downstream: no error response can follow it.
+            raise DownstreamGone(f"request body failed after the response began: {first.detail}") from first
+        raise first
     assert outcome is not None
     if not state.done or state.upstream_broken:
         # The app answered before reading all of the body: the rest of it is still on the
@@ -172,11 +181,12 @@ def whole_request(head_bytes: bytes, parser: RequestParser, chunked: bool) -> by
 
 
 class _BodyState:
-    __slots__ = ("done", "upstream_broken")
+    __slots__ = ("done", "response_started", "upstream_broken")
 
     def __init__(self) -> None:
         self.done = False
         self.upstream_broken = False
+        self.response_started = False
 
 
 def _take_body(events: deque[Event], out: list[bytes], chunked: bool) -> bool:
@@ -196,13 +206,18 @@ def _take_body(events: deque[Event], out: list[bytes], chunked: bool) -> bool:
     return False
 
 
-async def _stream_body(down: Conn, parser: RequestParser, chunked: bool, up: Conn, state: _BodyState) -> None:
+async def _stream_body(
+    down: Conn, parser: RequestParser, chunked: bool, up: Conn, state: _BodyState, body_timeout: float
+) -> None:
     events = parser.events
     while True:
         try:
-            data = await down.recv()
+            with trio.move_on_after(body_timeout) as stalled:
+                data = await down.recv()
         except ConnectionClosed as exc:
             raise DownstreamGone(str(exc)) from exc
+        if stalled.cancelled_caught:
+            raise HttpError(408, "body-timeout", f"no request body bytes for {body_timeout:g}s")
         if not data:
             raise DownstreamGone("downstream closed in the middle of a request body")
         parser.feed(data)
@@ -229,8 +244,12 @@ async def _relay_response(
     accept: Accept | None,
     *,
     body_done: bool,
+    state: _BodyState | None = None,
 ) -> Outcome:
-    """Read one response (after any 1xx) from `up` and write it to `down`, re-framed."""
+    """Read one response (after any 1xx) from `up` and write it to `down`, re-framed.
+
+    `state`, when the request body is still streaming, learns when the response began.
+    """
     parser = ResponseParser(max_head_bytes, no_body=request.method == b"HEAD")
     events = parser.events
     downstream_http11 = request.version == "1.1"
@@ -283,6 +302,8 @@ async def _relay_response(
                     finished = True
                     break
         if out:
+            if state is not None:
+                state.response_started = True  # before the send: its checkpoint may yield
             await _send_down(down, b"".join(out) if len(out) > 1 else out[0])
             started = True
         if finished:

@@ -77,6 +77,7 @@ class InboundHttp:
         self._idle = idle
         self._counters = counters
         self._head_timeout = limits.head_timeout.total_seconds()
+        self._body_timeout = limits.body_timeout.total_seconds()
         self._idle_timeout = limits.idle_timeout.total_seconds()
         self._connect_timeout = limits.connect_timeout.total_seconds()
         self.pool: ConnPool[str] = ConnPool(
@@ -167,6 +168,7 @@ class InboundHttp:
                         up,
                         max_head_bytes=self._limits.max_head_bytes,
                         closing=self._is_draining,
+                        body_timeout=self._body_timeout,
                     )
                 except UpstreamFailed as exc:
                     up.close()

@@ -390,6 +390,7 @@ class OutboundHttp:
                             max_head_bytes=self._limits.max_head_bytes,
                             closing=self._is_draining,
                             accept=request.accept,
+                            body_timeout=self._limits.body_timeout.total_seconds(),
                         )
                 except ResponseRefused as refused:
                     # `accept` already granted the retry (attempts and budget).
