@@ -219,34 +219,12 @@ def test_used_token_and_missing_identity_are_one_line_errors(tmp_path: Path) -> 
             [*trustmesh_command(), "sidecar", "--control-plane", "http://x", "--data-dir", str(tmp_path)]
         )
         assert done.returncode == 1 and "--control-plane" in done.stderr
-        done = _run(
-            [
-                *trustmesh_command(),
-                "sidecar",
-                "--control-plane",
-                mesh.cp.url,
-                "--data-dir",
-                str(tmp_path),
-                "--outbound",
-                "api=127.0.0.1:1",
-                "--advertise",
-                "10.0.0.1:16001",
-            ]
-        )
+        data_dir = str(tmp_path)
+        sidecar = [*trustmesh_command(), "sidecar", "--control-plane", mesh.cp.url, "--data-dir", data_dir]
+        done = _run([*sidecar, "--outbound", "api=127.0.0.1:1", "--advertise", "10.0.0.1:16001"])
         # (an --outbound needs no --endpoints: the control plane reports the service's endpoints)
         assert done.returncode == 1 and "--advertise" in _error_line(done.stderr)
-        done = _run(
-            [
-                *trustmesh_command(),
-                "sidecar",
-                "--control-plane",
-                mesh.cp.url,
-                "--data-dir",
-                str(tmp_path),
-                "--body-timeout",
-                "0s",
-            ]
-        )
+        done = _run([*sidecar, "--body-timeout", "0s"])
         assert done.returncode == 1 and "--body-timeout: must be more than zero" in _error_line(done.stderr)
 
 
