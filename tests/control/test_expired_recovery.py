@@ -192,3 +192,28 @@ async def test_over_https_an_expired_client_certificate_reaches_the_issuer(
     assert renewed.spiffe_id == API_ID
     audit = await running.store.get_svid(renewed.serial)
     assert audit is not None and audit.auth == f"recover:{svid.serial}"
+
+
+async def test_two_replicas_racing_to_recover_one_expired_svid_issue_one(
+    state_dir: Path, clock: ManualClock, issuer: Issuer, store: Store
+) -> None:
+    """Each replica's recovery lock orders only its own requests; the store orders both.
+
+    The interleaving a race produces, made deterministic: both replicas have checked the
+    audit log (no recovery of this serial yet) before either records one.
+    """
+    other = Issuer(CertificateAuthority.load(state_dir, clock=clock), store, clock, svid_ttl=SVID_TTL)
+    chain = await _joined(issuer)
+    clock.advance(SVID_TTL + timedelta(hours=1))
+    caller_a = await issuer._recoverable(chain)
+    caller_b = await other._recoverable(chain)
+    won = await issuer._renew_for(caller_a, chain, x509.load_pem_x509_csr(_csr().encode()), "recover")
+    before = await store.list_svids()
+    with pytest.raises(ApiError) as info:
+        await other._renew_for(caller_b, chain, x509.load_pem_x509_csr(_csr().encode()), "recover")
+    assert info.value.status == 403 and info.value.error == JOIN_TOKEN_NEEDED
+    assert "already been renewed" in info.value.detail
+    after = await store.list_svids()
+    assert after == before, "the loser's certificate is discarded, never recorded"
+    recoveries = [row for row in after if row.auth.startswith("recover:")]
+    assert [row.serial for row in recoveries] == [won.serial]

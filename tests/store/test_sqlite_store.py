@@ -48,17 +48,17 @@ async def test_database_file_is_private_and_schema_versioned(tmp_path: Path) -> 
     assert isinstance(store, SqliteStore)
     await store.create_join_token(token_record())
     assert stat.S_IMODE((tmp_path / "trustmesh.db").stat().st_mode) == 0o600
-    assert store.schema_version() == 2  # 2: the stream's endpoints table
+    assert store.schema_version() == 3  # 2: the stream's endpoints table; 3: one recovery per SVID
     await store.aclose()
     # Reopening runs no migration twice and keeps the data.
     again = await open_store(tmp_path)
-    assert isinstance(again, SqliteStore) and again.schema_version() == 2
+    assert isinstance(again, SqliteStore) and again.schema_version() == 3
     assert [t.id for t in await again.list_join_tokens()] == ["00112233aabbccdd"]
     await again.aclose()
     with sqlite3.connect(tmp_path / "trustmesh.db") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         versions = raw.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-        assert versions == [(1,), (2,)]
+        assert versions == [(1,), (2,), (3,)]
 
 
 async def test_only_the_hash_of_the_secret_is_stored(tmp_path: Path) -> None:

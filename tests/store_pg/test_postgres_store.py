@@ -42,11 +42,11 @@ async def test_schema_is_versioned_and_reopening_migrates_nothing(open_pg: OpenP
         store = await open_pg()
         await store.create_join_token(token_record())
         again = await open_pg()
-    assert LATEST_VERSION == 2  # the same numbering as SQLite's migrations (2: stream endpoints)
-    assert await store.schema_version() == 2 and await again.schema_version() == 2
-    assert [e["version"] for e in logs if e["event"] == "store_migrated"] == [1, 2]
+    assert LATEST_VERSION == 3  # the numbering of SQLite's migrations (2: stream endpoints, 3: one recovery)
+    assert await store.schema_version() == 3 and await again.schema_version() == 3
+    assert [e["version"] for e in logs if e["event"] == "store_migrated"] == [1, 2, 3]
     assert [e["event"] for e in logs].count("store_opened") == 2
-    assert rows(pg_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
+    assert rows(pg_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,)]
     assert [t.id for t in await again.list_join_tokens()] == ["00112233aabbccdd"]
     types = {
         name: kind
@@ -71,9 +71,9 @@ async def test_stores_opening_together_on_an_empty_database_migrate_once(pg_url:
                 n.start_soon(open_one)
     try:
         assert len(stores) == 6
-        assert [e["event"] for e in logs].count("store_migrated") == 2  # versions 1 and 2, once each
-        assert rows(pg_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
-        assert {await s.schema_version() for s in stores} == {2}
+        assert [e["event"] for e in logs].count("store_migrated") == 3  # versions 1-3, once each
+        assert rows(pg_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,)]
+        assert {await s.schema_version() for s in stores} == {3}
     finally:
         for s in stores:
             await s.aclose()
@@ -83,7 +83,7 @@ async def test_a_database_from_a_newer_trustmesh_is_refused(open_pg: OpenPg, pg_
     await open_pg()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (99, now())")
-    with pytest.raises(PostgresStoreError, match="schema version 99, newer than the 2"):
+    with pytest.raises(PostgresStoreError, match="schema version 99, newer than the 3"):
         await open_postgres_store(pg_url)
 
 
@@ -102,7 +102,7 @@ async def test_password_from_pgpassword_when_the_url_has_none(
     monkeypatch.setenv("PGPASSWORD", pg_cluster.password)
     store = await open_postgres_store(pg_cluster.url(dbname, password=False))
     try:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == 3
     finally:
         await store.aclose()
 

@@ -16,7 +16,14 @@ import trio
 
 from tests.store_pg.conftest import StoreOpener
 from trustmesh.ca.join_token import hash_secret
-from trustmesh.store import CaKeyRecord, IssuedSvidRecord, JoinTokenRecord, Registration, TokenConsumeFailed
+from trustmesh.store import (
+    AlreadyRecorded,
+    CaKeyRecord,
+    IssuedSvidRecord,
+    JoinTokenRecord,
+    Registration,
+    TokenConsumeFailed,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 TOKEN_ID = "00112233aabbccdd"
@@ -139,6 +146,25 @@ async def test_audit_log_records_and_orders_by_issue_time(open_backend: StoreOpe
     assert await store.get_svid(big) == b
     assert await store.get_svid("nope") is None
     assert await store.list_svids() == [b, a]
+
+
+async def test_an_expired_svid_is_recovered_once_renewals_repeat(open_backend: StoreOpener) -> None:
+    store = await open_backend()
+    expired = "c" * 40
+    first = IssuedSvidRecord("1" * 40, "spiffe://example.org/a", NOW, NOW, f"recover:{expired}")
+    second = IssuedSvidRecord("2" * 40, "spiffe://example.org/a", NOW, NOW, f"recover:{expired}")
+    await store.record_svid(first)
+    with pytest.raises(AlreadyRecorded):
+        await store.record_svid(second)
+    assert await store.list_svids() == [first], "the refused row is not written"
+    # A renewal may be retried with the same (valid) SVID: those rows are not once-only.
+    await store.record_svid(
+        IssuedSvidRecord("3" * 40, "spiffe://example.org/a", NOW, NOW, "renew:" + "d" * 40)
+    )
+    await store.record_svid(
+        IssuedSvidRecord("4" * 40, "spiffe://example.org/a", NOW, NOW, "renew:" + "d" * 40)
+    )
+    assert len(await store.list_svids()) == 3
 
 
 async def test_ca_keys_upsert_by_fingerprint(open_backend: StoreOpener) -> None:

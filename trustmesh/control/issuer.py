@@ -37,6 +37,7 @@ from trustmesh.control.errors import TOKEN_REJECTED_DETAIL, ApiError
 from trustmesh.durations import format_duration
 from trustmesh.identity import SpiffeId, SvidError, TrustBundle, validate_x509_svid
 from trustmesh.store import (
+    AlreadyRecorded,
     CaKeyRecord,
     IssuedSvidRecord,
     JoinTokenRecord,
@@ -292,16 +293,29 @@ class Issuer:
     ) -> IssuedResponse:
         issued = self.ca.sign_x509_svid(csr, caller, ttl=self.svid_ttl)
         serial = serial_text(issued.serial)
-        auth = f"{method}:{serial_text(peer_chain[0].serial_number)}"
-        await self.store.record_svid(
-            IssuedSvidRecord(
-                serial=serial,
-                spiffe_id=str(caller),
-                not_after=issued.not_after,
-                issued_at=self.clock.now(),
-                auth=auth,
+        caller_serial = serial_text(peer_chain[0].serial_number)
+        auth = f"{method}:{caller_serial}"
+        try:
+            await self.store.record_svid(
+                IssuedSvidRecord(
+                    serial=serial,
+                    spiffe_id=str(caller),
+                    not_after=issued.not_after,
+                    issued_at=self.clock.now(),
+                    auth=auth,
+                )
             )
-        )
+        except AlreadyRecorded:
+            if method != "recover":
+                raise  # a serial collision: 2^-159, not worth an answer of its own
+            # Another replica recovered this expired SVID a moment ago (the recovery lock
+            # only orders this process): the certificate just signed is discarded.
+            self._recovery_refused(
+                "already_renewed",
+                caller_serial,
+                peer_chain[0].not_valid_after_utc,
+                "it has already been renewed",
+            )
         return self._issued(caller, issued, serial, auth, method)
 
     async def _recoverable(self, peer_chain: Sequence[x509.Certificate]) -> SpiffeId:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trustmesh.store.base import (
+    AlreadyRecorded,
     CaKeyRecord,
     EndpointRecord,
     IssuedSvidRecord,
@@ -19,6 +20,7 @@ from trustmesh.store.sqlite import DB_FILENAME, SqliteStore
 
 __all__ = [
     "DB_FILENAME",
+    "AlreadyRecorded",
     "CaKeyRecord",
     "EndpointRecord",
     "IssuedSvidRecord",

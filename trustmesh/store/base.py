@@ -107,6 +107,15 @@ class StoreUnavailable(Exception):
     """
 
 
+class AlreadyRecorded(Exception):
+    """`record_svid` refused a second audit row for a once-only authentication.
+
+    An expired SVID may be recovered once (`auth` = `recover:<serial>`): the store keeps
+    that unique across every replica sharing it, so two replicas racing to recover the
+    same serial issue one SVID, not two. Nothing was written.
+    """
+
+
 class TokenConsumeFailed(Exception):
     """The conditional consume matched no row: the token is unknown, expired or already used.
 
@@ -138,7 +147,9 @@ class Store(Protocol):
         """
         ...
 
-    async def record_svid(self, record: IssuedSvidRecord) -> None: ...
+    async def record_svid(self, record: IssuedSvidRecord) -> None:
+        """Append an audit row; raises `AlreadyRecorded` for a second `recover:<serial>` row."""
+        ...
 
     async def get_svid(self, serial: str) -> IssuedSvidRecord | None: ...
 

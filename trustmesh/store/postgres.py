@@ -48,6 +48,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 
 from trustmesh.store.base import (
+    AlreadyRecorded,
     CaKeyKind,
     CaKeyRecord,
     EndpointHealth,
@@ -133,6 +134,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         CREATE INDEX endpoints_connection ON endpoints (connection_id);
         CREATE INDEX endpoints_replica ON endpoints (replica_id);
+        """,
+    ),
+    (
+        3,
+        # One recovery per expired SVID, across replicas (see `AlreadyRecorded`).
+        """
+        CREATE UNIQUE INDEX issued_svids_one_recovery ON issued_svids (auth) WHERE auth LIKE 'recover:%';
         """,
     ),
 )
@@ -471,7 +479,12 @@ class PostgresStore:
     # -- audit log -----------------------------------------------------------------------
 
     async def record_svid(self, record: IssuedSvidRecord) -> None:
-        await self._write(_INSERT_SVID, _svid_params(record))
+        try:
+            await self._write(_INSERT_SVID, _svid_params(record))
+        except psycopg.errors.UniqueViolation as exc:
+            raise AlreadyRecorded(
+                f"audit row refused as a duplicate (serial {record.serial}, auth {record.auth})"
+            ) from exc
 
     async def get_svid(self, serial: str) -> IssuedSvidRecord | None:
         rows = await self._query("SELECT * FROM issued_svids WHERE serial = %s", (serial,))

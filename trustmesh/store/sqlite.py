@@ -32,6 +32,7 @@ import structlog
 import trio
 
 from trustmesh.store.base import (
+    AlreadyRecorded,
     CaKeyKind,
     CaKeyRecord,
     EndpointHealth,
@@ -109,6 +110,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         CREATE INDEX endpoints_connection ON endpoints (connection_id);
         CREATE INDEX endpoints_replica ON endpoints (replica_id);
+        """,
+    ),
+    (
+        3,
+        # One recovery per expired SVID, across replicas (see `AlreadyRecorded`).
+        """
+        CREATE UNIQUE INDEX issued_svids_one_recovery ON issued_svids (auth) WHERE auth LIKE 'recover:%';
         """,
     ),
 )
@@ -327,8 +335,13 @@ class SqliteStore:
 
     async def record_svid(self, record: IssuedSvidRecord) -> None:
         params = _svid_params(record)
-        if not self._try_inline_write(_INSERT_SVID, params):
-            await self._write(_INSERT_SVID, params)
+        try:
+            if not self._try_inline_write(_INSERT_SVID, params):
+                await self._write(_INSERT_SVID, params)
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyRecorded(
+                f"audit row refused as a duplicate (serial {record.serial}, auth {record.auth})"
+            ) from exc
 
     def _try_inline_write(self, sql: str, params: tuple[Any, ...]) -> bool:
         """Run one autocommit statement on the event loop's thread if that cannot block; False if not run."""
