@@ -153,18 +153,20 @@ class ControlPlane:
             # The accepted socket leaves trio's SocketStream for stdlib ssl (see tls_stream.py).
             raw = socket.socket(fileno=tcp.socket.detach())
             raw.setblocking(False)
+            sock: socket.socket = raw
             try:
+                # wrap_socket takes the descriptor over: from here `sock` is what to close.
                 sock = tls.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
                 with trio.fail_after(HANDSHAKE_TIMEOUT_S):
                     stream = await TlsStream.accept(sock)
             except (ssl.SSLError, OSError, trio.TooSlowError) as exc:
                 # A client with a foreign CA, a plaintext client, a scanner: not our problem to fix.
                 log.info("tls_handshake_failed", error=type(exc).__name__, detail=str(exc))
-                trio.lowlevel.notify_closing(raw)
-                raw.close()
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
                 return
             try:
-                chain = tuple(x509.load_der_x509_certificate(der) for der in peer_chain_der(sock))
+                chain = tuple(x509.load_der_x509_certificate(der) for der in peer_chain_der(stream.socket))
             except ValueError as exc:  # OpenSSL accepted it, cryptography cannot parse it
                 log.info("tls_client_chain_unparsable", detail=str(exc))
                 await stream.aclose()

@@ -3,10 +3,10 @@
 Why not `trio.SSLStream`: it runs OpenSSL over a memory BIO, copying every record twice
 and taking a trio checkpoint per call. The sidecar measured stdlib `ssl.SSLSocket` in
 non-blocking mode, driven by trio's readiness waits (`trustmesh.sidecar.conn.Conn`), at
-1.4-1.8x the requests of `SSLStream` (docs/sidecar-design.md); on the control plane a
-`/v1/renew` spent about a fifth of its CPU in `SSLStream` sends and receives
-(docs/benchmarks.md, issue 2). So the accept loop hands hypercorn this adapter instead:
-`Conn` does the I/O, hypercorn still does all of HTTP.
+1.4-1.8x the requests of `SSLStream` (docs/sidecar-design.md); on the control plane
+py-spy put about a fifth of a `/v1/renew` in `SSLStream` sends and receives. So the
+accept loop hands hypercorn this adapter instead: `Conn` does the I/O, hypercorn still does
+all of HTTP.
 
 One more saving: hypercorn writes a response head and its body in separate sends, which
 would be two TLS records and two `write` calls. A final response head (not 1xx, so never a
