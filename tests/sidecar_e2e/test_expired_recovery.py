@@ -9,6 +9,7 @@ token) and traffic flows again; past it they say on /ready that a new token is n
 from __future__ import annotations
 
 import http.client
+import json
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ from tests.sidecar_e2e.mesh import Mesh, Sidecar, wait_until
 pytestmark = pytest.mark.slow
 
 SVID_TTL = "10s"
-# Backoff is capped at 30 s with full jitter, so the retry after the control plane returns
-# comes within 30 s; the rest is margin for a loaded two-core machine.
+# Retries while the control plane is away back off with full jitter up to this cap (30 s by
+# default), so the retry after it returns comes within the cap: the tests need not wait 30 s.
+BACKOFF_MAX = ["--renew-backoff-max", "2s"]
+# The bound on that wait, with margin for a loaded two-core machine.
 RECOVERY_WAIT = 60.0
 
 
@@ -30,10 +33,11 @@ def _start_pair(mesh: Mesh) -> tuple[Sidecar, Sidecar]:
     tokens = {name: mesh.cp.token(name) for name in ("api", "web")}
     mesh.cp.stop()
     mesh.cp.start()
-    api = mesh.start_sidecar("api", inbound_to=app.port, wait=False, token=tokens["api"])
-    web = mesh.start_sidecar("web", outbound={"api": api}, wait=False, token=tokens["web"])
+    api = mesh.start_sidecar("api", inbound_to=app.port, wait=False, token=tokens["api"], extra=BACKOFF_MAX)
+    web = mesh.start_sidecar("web", outbound={"api": api}, wait=False, token=tokens["web"], extra=BACKOFF_MAX)
     api.wait_ready()
     web.wait_ready()
+    assert json.loads(api.admin_get("/config")[1])["renew_backoff_max"] == "2s"
     assert web.call("api", "GET", "/before")[0] == 200
     return api, web
 

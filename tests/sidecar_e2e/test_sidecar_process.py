@@ -68,6 +68,7 @@ def test_request_crosses_both_sidecars_with_the_callers_identity(tmp_path: Path)
         config = json.loads(body)
         assert config["outbound"][0]["service"] == "api"
         assert config["spiffe_id"] == spiffe_id("web")
+        assert config["limits"]["body_timeout"] == "1m" and config["renew_backoff_max"] == "30s"
         assert b"tmjoin1" not in body and "join_token" not in config
         assert not any("tmjoin1" in e.get("event", "") + json.dumps(e) for e in web.process.log_events())
 

@@ -94,6 +94,12 @@ def register(subparsers: Any) -> None:
         "--drain-timeout", default="15s", metavar="DURATION", help="SIGTERM: in-flight requests get this long"
     )
     p.add_argument(
+        "--renew-backoff-max",
+        default="30s",
+        metavar="DURATION",
+        help="longest wait between retries of join and renewal while the control plane is unreachable",
+    )
+    p.add_argument(
         "--body-timeout",
         default="60s",
         metavar="DURATION",
@@ -168,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     (admin,) = _parse_each("--admin", [args.admin], HostPort.parse)
     drain_timeout = _duration("--drain-timeout", args.drain_timeout)
     body_timeout = _duration("--body-timeout", args.body_timeout)
+    renew_backoff_max = _duration("--renew-backoff-max", args.renew_backoff_max)
     policy_poll = _duration("--policy-poll", args.policy_poll)
     if args.policy_dir is not None and not args.policy_dir.is_dir():
         raise CliError(f"--policy-dir: {args.policy_dir} is not a directory")
@@ -192,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         policy_dir=args.policy_dir,
         policy_poll=policy_poll,
         advertise=advertise,
+        renew_backoff_max=renew_backoff_max,
     )
 
 

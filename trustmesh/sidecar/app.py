@@ -100,6 +100,7 @@ def effective_config(cfg: SidecarConfig) -> dict[str, Any]:
         "limits": {
             "max_head_bytes": cfg.limits.max_head_bytes,
             "head_timeout": dur(cfg.limits.head_timeout),
+            "body_timeout": dur(cfg.limits.body_timeout),
             "idle_timeout": dur(cfg.limits.idle_timeout),
             "max_connections": cfg.limits.max_connections,
             "drain_timeout": dur(cfg.limits.drain_timeout),
@@ -107,6 +108,7 @@ def effective_config(cfg: SidecarConfig) -> dict[str, Any]:
         },
         "policy_dir": str(cfg.policy_dir) if cfg.policy_dir else None,
         "policy_poll": dur(cfg.policy_poll),
+        "renew_backoff_max": dur(cfg.renew_backoff_max),
     }
 
 
@@ -188,6 +190,7 @@ class Sidecar:
             self.control_plane,
             clock=self.clock,
             metrics=LifecycleMetrics(self.registry),
+            backoff_cap=cfg.renew_backoff_max.total_seconds(),
         )
         self.state = _State(cfg, self.identity, self.drain)
         self.admin_address: HostPort | None = None

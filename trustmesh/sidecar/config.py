@@ -122,3 +122,5 @@ class SidecarConfig:
     advertise: tuple[HostPort, ...] = ()
     # How often the sidecar asks its policy source for a new revision (policy_follower's default).
     policy_poll: timedelta = timedelta(seconds=5)
+    # Longest wait between join/renewal retries (full-jitter exponential backoff up to it).
+    renew_backoff_max: timedelta = timedelta(seconds=30)

@@ -195,6 +195,7 @@ class IdentityLifecycle:
         metrics: LifecycleMetrics | None = None,
         rng: random.Random | None = None,
         bundle_refresh: timedelta = DEFAULT_BUNDLE_REFRESH,
+        backoff_cap: float = BACKOFF_CAP,
         context_builder: Callable[
             [bytes, bytes, bytes], tuple[ssl.SSLContext, ssl.SSLContext]
         ] = build_contexts,
@@ -205,6 +206,8 @@ class IdentityLifecycle:
         self._metrics = metrics
         self._rng = rng or random.SystemRandom()
         self._bundle_refresh = bundle_refresh
+        # The longest wait between retries while the control plane is unreachable or refuses.
+        self._backoff_cap = backoff_cap
         self._build_contexts = context_builder
         self._info: SvidInfo | None = None
         self._svid: Svid | None = None  # key, chain and bundle, as join_client presents them
@@ -317,7 +320,7 @@ class IdentityLifecycle:
                 log.error("join_refused", token_id=token.token_id)
                 raise
             except ControlPlaneError as err:
-                delay = backoff_delay(attempt, self._rng)
+                delay = backoff_delay(attempt, self._rng, self._backoff_cap)
                 log.warning(
                     "join_failed",
                     token_id=token.token_id,
@@ -358,7 +361,7 @@ class IdentityLifecycle:
             try:
                 await self._renew()
             except ControlPlaneError as err:
-                delay = backoff_delay(attempt, self._rng)
+                delay = backoff_delay(attempt, self._rng, self._backoff_cap)
                 attempt += 1
                 info = self._require_info()
                 outcome = "refused" if isinstance(err, ControlPlaneRejected) else "error"
@@ -377,7 +380,7 @@ class IdentityLifecycle:
                             action="restart the sidecar with a new --join-token",
                         )
                     self._needs_join_token = True
-                    delay = BACKOFF_CAP
+                    delay = self._backoff_cap
                 log.warning(
                     "svid_renew_failed",
                     spiffe_id=str(info.spiffe_id),
