@@ -20,10 +20,10 @@ key and the audit log proves we issued it and nothing has replaced it since.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 import structlog
 import trio
@@ -205,12 +205,18 @@ class Issuer:
 
     async def join(self, token_text: str, csr_pem: str) -> IssuedResponse:
         """Exchange a join token and a CSR for an SVID (the token's SPIFFE ID, never the CSR's)."""
+        return await self._traced("join", lambda: self._join(token_text, csr_pem))
+
+    async def _traced(
+        self, name: Literal["join", "renew"], issue: Callable[[], Awaitable[IssuedResponse]]
+    ) -> IssuedResponse:
+        """Run one issuance inside a control-plane span naming what it issued (when tracing)."""
         if self.tracer is None:
-            return await self._join(token_text, csr_pem)
+            return await issue()
         from trustmesh.tracing.spans import control_span
 
-        with control_span(self.tracer, "join") as span:
-            issued = await self._join(token_text, csr_pem)
+        with control_span(self.tracer, name) as span:
+            issued = await issue()
             span.set_attribute("trustmesh.spiffe_id", issued.spiffe_id)
             span.set_attribute("trustmesh.svid.serial", issued.serial)
             return issued
@@ -257,17 +263,9 @@ class Issuer:
     async def renew(self, peer_chain: Sequence[x509.Certificate], csr_pem: str) -> IssuedResponse:
         """A fresh SVID for the same SPIFFE ID as the caller's current, valid SVID.
 
-        A caller whose SVID has expired goes through `_recover` instead (audit `recover:`).
+        A caller whose SVID has expired goes through `_recoverable` instead (audit `recover:`).
         """
-        if self.tracer is None:
-            return await self._renew(peer_chain, csr_pem)
-        from trustmesh.tracing.spans import control_span
-
-        with control_span(self.tracer, "renew") as span:
-            issued = await self._renew(peer_chain, csr_pem)
-            span.set_attribute("trustmesh.spiffe_id", issued.spiffe_id)
-            span.set_attribute("trustmesh.svid.serial", issued.serial)
-            return issued
+        return await self._traced("renew", lambda: self._renew(peer_chain, csr_pem))
 
     async def _renew(self, peer_chain: Sequence[x509.Certificate], csr_pem: str) -> IssuedResponse:
         if not peer_chain:
