@@ -6,8 +6,9 @@ differs (which head, which upstream, which errors) stays in inbound/ and outboun
 
 Hot-path rules, each measured to matter:
 - when the whole request is already parsed (the common case: small requests arrive in
-  one read), head and body leave in one `send_all`; the response usually arrives in one
-  read and leaves in one `send_all`;
+  one read), head and body leave in one `send_all`; the response usually arrives whole in
+  one read and then leaves in one `send_all`, its head cut rather than rebuilt
+  (`http/whole_response`);
 - a body that is still arriving is streamed piece by piece, never buffered whole, and the
   response is read at the same time (an app may answer before it has read the body).
 """
@@ -33,6 +34,7 @@ from trustmesh.sidecar.http.parser import (
     ResponseHead,
     ResponseParser,
 )
+from trustmesh.sidecar.http.whole_response import forward_whole_response, parse_whole_response
 
 
 class UpstreamFailed(Exception):
@@ -250,6 +252,23 @@ async def _relay_response(
 
     `state`, when the request body is still streaming, learns when the response began.
     """
+    # The request has just been sent: its answer cannot be here yet, so the first read
+    # waits before trying (a try would fail nearly always); later reads try first.
+    try:
+        data = await up.recv_wait_first()
+    except ConnectionClosed as exc:
+        raise UpstreamFailed(str(exc), response_started=False) from exc
+    if request.method != b"HEAD":
+        # The common case: the whole answer in this one read (see `whole_response`).
+        whole = parse_whole_response(data, max_head_bytes)
+        if whole is not None:
+            if accept is not None and not accept(whole.status):
+                raise ResponseRefused(whole.status)
+            close = not request.keep_alive or closing()
+            if state is not None:
+                state.response_started = True  # before the send: its checkpoint may yield
+            await _send_down(down, forward_whole_response(whole, close=close))
+            return Outcome(whole.keep_alive and body_done, not close, whole.status)
     parser = ResponseParser(max_head_bytes, no_body=request.method == b"HEAD")
     events = parser.events
     downstream_http11 = request.version == "1.1"
@@ -257,15 +276,14 @@ async def _relay_response(
     framing = ""
     started = False
     close = not request.keep_alive
-    # The request has just been sent: its answer cannot be here yet, so the first read
-    # waits before trying (a try would fail nearly always); later reads try first.
-    recv = up.recv_wait_first
+    first = True
     while True:
-        try:
-            data = await recv()
-            recv = up.recv
-        except ConnectionClosed as exc:
-            raise UpstreamFailed(str(exc), response_started=started) from exc
+        if not first:
+            try:
+                data = await up.recv()
+            except ConnectionClosed as exc:
+                raise UpstreamFailed(str(exc), response_started=started) from exc
+        first = False
         if not data:
             if head is not None and head.body == "close":
                 # A close-delimited body ends at EOF; re-chunked downstream, it gets its end.

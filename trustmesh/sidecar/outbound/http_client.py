@@ -265,7 +265,8 @@ class OutboundHttp:
                 raise
             finally:
                 ex.attempts = request.attempt
-                if not deadline.cancel_called:
+                # Usually `accept` has lifted it already: a deadline move is a heap update.
+                if not request.started and not deadline.cancel_called:
                     deadline.deadline = math.inf
 
     async def _deadline_exceeded(self, conn: Conn, request: _Request, ex: Exchange) -> None:
