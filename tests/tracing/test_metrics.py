@@ -88,6 +88,24 @@ def test_requests_by_direction_peer_service_and_status_class() -> None:
     assert abs(value(body, "trustmesh_request_duration_seconds_sum", **hist) - 0.008) < 1e-9
 
 
+def test_latency_buckets_are_cumulative_and_bounds_inclusive() -> None:
+    """Prometheus `le`: a request taking exactly a bound's time counts in that bucket; one
+    slower than the last bound only in +Inf. Status classes of one label set share a histogram."""
+    m = SidecarMetrics()
+    for status, duration in ((200, 0.001), (500, 0.0011), (200, 45.0), (0, 0.0)):
+        m.observe_request("inbound", peer=WEB, service="orders", status=status, duration_s=duration)
+    body = m.render()
+    hist = dict(direction="inbound", peer=WEB, service="orders")
+    assert value(body, "trustmesh_request_duration_seconds_bucket", **hist, le="0.0005") == 1
+    assert value(body, "trustmesh_request_duration_seconds_bucket", **hist, le="0.001") == 2
+    assert value(body, "trustmesh_request_duration_seconds_bucket", **hist, le="0.0025") == 3
+    assert value(body, "trustmesh_request_duration_seconds_bucket", **hist, le="30.0") == 3
+    assert value(body, "trustmesh_request_duration_seconds_bucket", **hist, le="+Inf") == 4
+    assert value(body, "trustmesh_request_duration_seconds_count", **hist) == 4
+    assert value(body, "trustmesh_requests_total", **hist, status_class="other") == 1
+    assert value(body, "trustmesh_requests_total", **hist, status_class="2xx") == 2
+
+
 def test_connections_bytes_tls_policy_resilience() -> None:
     m = SidecarMetrics()
     for _ in range(3):

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from trustmesh.identity.spiffe_id import SpiffeId
 
 Protocol = Literal["http", "tcp"]
 
 
-@dataclass(frozen=True)
-class HostPort:
+class HostPort(NamedTuple):
+    """A host and port. A named tuple, not a dataclass: it keys the pool, balancer and
+    outlier maps, so it is hashed several times per request, and a tuple's hash is C."""
+
     host: str
     port: int
 
@@ -90,6 +93,15 @@ class StaticEndpoint:
         if not sep or not sep2 or not service:
             raise ValueError(f"invalid --endpoints {text!r}: expected SERVICE=HOST:PORT@SPIFFE_ID")
         return cls(service, HostPort.parse(addr), SpiffeId.parse(sid))
+
+    # Named in every request's record (access log, metrics labels): made once, not per request.
+    @cached_property
+    def address_text(self) -> str:
+        return str(self.address)
+
+    @cached_property
+    def spiffe_id_text(self) -> str:
+        return str(self.spiffe_id)
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,13 @@ class Drain:
 
     def __init__(self) -> None:
         self._started = trio.Event()
+        # True once a drain has begun: accept nothing new, finish what is in flight. A plain
+        # attribute, not a property over the event: it is read several times per request.
+        self.draining = False
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
         self.reason: str | None = None
-
-    @property
-    def draining(self) -> bool:
-        """True once a drain has begun: accept nothing new, finish what is in flight."""
-        return self._started.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -41,8 +39,9 @@ class Drain:
 
     def begin(self, reason: str) -> None:
         """Start draining (idempotent: a second SIGTERM does not restart the clock)."""
-        if self._started.is_set():
+        if self.draining:
             return
+        self.draining = True
         self.reason = reason
         log.info("drain_started", reason=reason, in_flight=self._in_flight)
         self._started.set()

@@ -16,8 +16,11 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from trustmesh.tracing.request_series import RequestSeries
+from trustmesh.tracing.request_series import status_class as status_class  # re-exported
 
 Direction = Literal["inbound", "outbound"]
 BreakerState = Literal["closed", "open", "half_open"]
@@ -47,11 +50,6 @@ UNKNOWN_PEER: Final = "unknown"
 _BREAKER_STATES: Final[tuple[BreakerState, ...]] = ("closed", "open", "half_open")
 
 
-def status_class(status: int) -> str:
-    """`2xx`…`5xx`; anything else (a sidecar that never got a status) is `other`."""
-    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
-
-
 def _timestamp(when: datetime) -> float:
     return when.timestamp()
 
@@ -66,23 +64,11 @@ class SidecarMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *, cert_expiry: bool = True) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        # Label children by label values: `.labels(...)` costs microseconds, a dict lookup does not,
-        # and `observe_request` runs on every request.
-        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        # Label children by label values: `.labels(...)` costs microseconds, a dict lookup does not.
         self._decision_children: dict[str, Any] = {}
-        self.requests = Counter(
-            "trustmesh_requests",
-            "HTTP requests handled, by direction, peer identity, mesh service and status class.",
-            ["direction", "peer", "service", "status_class"],
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "trustmesh_request_duration_seconds",
-            "Time from request head received to response complete, as seen by the sidecar.",
-            ["direction", "peer", "service"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        # The two per-request series: a custom collector, see `request_series`.
+        self.request_series = RequestSeries(LATENCY_BUCKETS)
+        r.register(self.request_series)
         self.tcp_opened = Counter(
             "trustmesh_tcp_connections_opened",
             "TCP connections accepted or opened.",
@@ -143,17 +129,7 @@ class SidecarMetrics:
         self, direction: Direction, *, peer: str | None, service: str, status: int, duration_s: float
     ) -> None:
         """Count one finished request and its latency; call once per request, next to `access_log`."""
-        key = (direction, peer or UNKNOWN_PEER, service, status // 100)
-        children = self._request_children.get(key)
-        if children is None:
-            peer_label = key[1]
-            children = (
-                self.requests.labels(direction, peer_label, service, status_class(status)),
-                self.request_duration.labels(direction, peer_label, service),
-            )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(duration_s)
+        self.request_series.observe(direction, peer or UNKNOWN_PEER, service, status, duration_s)
 
     def observe_policy_decision(self, decision: str) -> None:
         child = self._decision_children.get(decision)

@@ -110,8 +110,10 @@ def _drop_hop_by_hop(head: bytes, low: bytes) -> bytes | None:
             if line_end < 0:
                 line_end = len(low)
             if name is _CONNECTION:
-                tokens = low[at + len(name) : line_end].split(b",")
-                if any(token.strip(b" \t") not in _PLAIN_CONNECTION for token in tokens):
+                value = low[at + len(name) : line_end].strip(b" \t")
+                if value not in _PLAIN_CONNECTION and any(
+                    token.strip(b" \t") not in _PLAIN_CONNECTION for token in value.split(b",")
+                ):
                     return None
             head = head[:at] + head[line_end:]
             low = low[:at] + low[line_end:]

@@ -337,8 +337,8 @@ class OutboundHttp:
             started = time.monotonic()
             ep = balancer.pick(candidates, started)
             balancer.start(ep)
-            ex.upstream = str(ep.address)
-            ex.peer = str(ep.spiffe_id)
+            ex.upstream = ep.address_text
+            ex.peer = ep.spiffe_id_text
             up: Conn | None = None
             done = False
             # The CLIENT span of this attempt (tracing only) and what it ended with.
