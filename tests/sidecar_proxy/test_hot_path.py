@@ -2,6 +2,8 @@
 exactly like the slow path it replaces.
 
 - the idle timeout is a coarse sweep (`IdleConnections`), not a deadline per request;
+- an outbound request's deadline is a dict entry and one timer task (`RequestDeadlines`),
+  which must fire exactly when a trio deadline would have, and never after a disarm;
 - the next request is probed with a non-blocking read, and the probe switches itself off
   and on again (every 8th request), so pipelined and back-to-back requests must all be
   answered, in order, whichever way they arrive;
@@ -28,6 +30,7 @@ from trustmesh.sidecar.config import Limits
 from trustmesh.sidecar.conn import Conn, ConnectionClosed
 from trustmesh.sidecar.drain import Drain
 from trustmesh.sidecar.listener import IdleConnections
+from trustmesh.sidecar.request_deadlines import RequestDeadlines
 
 
 def test_expire_cancels_only_scopes_past_their_expiry() -> None:
@@ -75,6 +78,51 @@ def test_idle_scope_is_cancelled_at_once_during_a_drain() -> None:
         assert scope.cancel_called
 
     trio.run(main)
+
+
+def test_request_deadline_fires_exactly_on_time_and_never_after_a_disarm() -> None:
+    async def main() -> None:
+        deadlines = RequestDeadlines()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(deadlines.run)
+            await trio.sleep(1.0)  # the timer sleeps with nothing armed
+            # Requests come and go before theirs are due: none is cancelled late.
+            for _ in range(5):
+                done = trio.CancelScope()
+                deadlines.arm(done, 0.5)
+                await trio.sleep(0.2)
+                deadlines.disarm(done)
+                assert not done.cancel_called
+            slow, slower, early = trio.CancelScope(), trio.CancelScope(), trio.CancelScope()
+            start = trio.current_time()
+            deadlines.arm(slow, 3.0)
+            deadlines.arm(slower, 7.0)
+            deadlines.arm(early, 0.25)  # earlier than the timer's target: it re-aims
+            for scope, timeout in ((early, 0.25), (slow, 3.0), (slower, 7.0)):
+                with scope:
+                    await trio.sleep_forever()
+                assert scope.cancelled_caught
+                assert trio.current_time() - start == pytest.approx(timeout, abs=1e-9)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_request_deadline_expire_returns_the_next_one_due() -> None:
+    async def main() -> None:
+        deadlines = RequestDeadlines()
+        a, b = trio.CancelScope(), trio.CancelScope()
+        now = trio.current_time()
+        deadlines.arm(a, 1.0)
+        deadlines.arm(b, 2.0)
+        assert deadlines.expire(now + 0.5) == now + 1.0
+        assert deadlines.expire(now + 1.0) == now + 2.0
+        assert a.cancel_called and not b.cancel_called
+        deadlines.disarm(b)
+        assert deadlines.expire(now + 5.0) == float("inf")
+        assert not b.cancel_called
+
+    trio.run(main, clock=trio.testing.MockClock())
 
 
 async def test_closed_conn_refuses_reads_and_writes() -> None:

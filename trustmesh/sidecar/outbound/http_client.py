@@ -70,6 +70,7 @@ from trustmesh.sidecar.outbound.retry import (
 from trustmesh.sidecar.outbound.retry_budget import RetryBudget
 from trustmesh.sidecar.outbound.secure_connect import SecureConnector, UpstreamError
 from trustmesh.sidecar.outbound.traffic_settings import TrafficSettings, TrafficSettingsProvider
+from trustmesh.sidecar.request_deadlines import RequestDeadlines
 from trustmesh.sidecar.telemetry import Exchange, Telemetry
 from trustmesh.tracing.metrics import SidecarMetrics
 
@@ -115,8 +116,7 @@ class _Request:
         # is not a slow request, so the deadline ends here.
         self.started = True
         self.head_at = time.monotonic()
-        if not self.scope.cancel_called:
-            self.scope.deadline = math.inf
+        self.owner.deadlines.disarm(self.scope)
         return True
 
 
@@ -137,8 +137,11 @@ class OutboundHttp:
         balancer: Balancer | None = None,
         traffic_counters: TrafficCounters | None = None,
         telemetry: Telemetry | None = None,
+        deadlines: RequestDeadlines | None = None,
     ) -> None:
         self._cfg = cfg
+        # Request deadlines; whoever serves connections runs `deadlines.run()` beside them.
+        self.deadlines = deadlines if deadlines is not None else RequestDeadlines()
         self._telemetry = telemetry if telemetry is not None else Telemetry(SidecarMetrics(), service="")
         self._metrics = self._telemetry.metrics
         self._endpoints = endpoints
@@ -167,8 +170,8 @@ class OutboundHttp:
         self._budget_logged = -math.inf
 
     async def serve_connection(self, conn: Conn, peer: str) -> None:
-        # One cancel scope per app connection carries each request's deadline (moving a
-        # deadline costs half of entering a new scope, which measured ~20 µs a request).
+        # One cancel scope per app connection carries each request's deadline (entering a
+        # new scope per request measured ~20 µs), cancelled by `deadlines` when one passes.
         # When it fires the connection ends, as it must: the request is half-relayed.
         deadline = trio.CancelScope()
 
@@ -243,7 +246,7 @@ class OutboundHttp:
             self._apply(settings)
         with self._drain.request():
             request = _Request(self, settings, deadline)
-            deadline.deadline = trio.current_time() + settings.request_timeout
+            self.deadlines.arm(deadline, settings.request_timeout)
             try:
                 return await self._attempts(conn, parser, head, endpoints, request, ex, strip, add)
             except HttpError as exc:
@@ -265,9 +268,8 @@ class OutboundHttp:
                 raise
             finally:
                 ex.attempts = request.attempt
-                # Usually `accept` has lifted it already: a deadline move is a heap update.
-                if not request.started and not deadline.cancel_called:
-                    deadline.deadline = math.inf
+                if not request.started:
+                    self.deadlines.disarm(deadline)
 
     async def _deadline_exceeded(self, conn: Conn, request: _Request, ex: Exchange) -> None:
         self.traffic.deadlines += 1

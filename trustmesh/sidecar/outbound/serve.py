@@ -112,16 +112,19 @@ async def serve_outbound(
     log.info("outbound_listening", listener=name, service=cfg.service, protocol=cfg.protocol)
     task_status.started(bound)
     try:
-        await serve_listener(
-            listen,
-            handle,
-            name=name,
-            max_connections=limits.max_connections,
-            drain=drain,
-            drain_timeout=limits.drain_timeout.total_seconds(),
-            idle=idle,
-            counters=counters,
-        )
+        async with trio.open_nursery() as timers:
+            timers.start_soon(http.deadlines.run)
+            await serve_listener(
+                listen,
+                handle,
+                name=name,
+                max_connections=limits.max_connections,
+                drain=drain,
+                drain_timeout=limits.drain_timeout.total_seconds(),
+                idle=idle,
+                counters=counters,
+            )
+            timers.cancel_scope.cancel()
     finally:
         connector.pool.close_all()
     log.info("outbound_stopped", listener=name)
