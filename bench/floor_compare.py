@@ -11,12 +11,11 @@ proxy's CPU µs per request (utime+stime from /proc). Stops everything it starte
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import procs, sidecar_bench, topologies
+from bench import interleaved, procs, topologies
 from bench.certs import Pki, make_pki
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,27 +61,10 @@ def main() -> None:
             topologies.settle(1.0)
             procs.set_affinity(client)
             try:
-                results: dict[str, list[tuple[float, list[float]]]] = {leg.name: [] for leg in legs}
-                for leg in legs:  # warm-up
-                    sidecar_bench._wrk(leg.entry_port, 1, 32, client)
-                for r in range(rounds):
-                    for leg in legs:
-                        before = [procs.cpu_seconds(p.pid) or 0.0 for p in leg.proxies]
-                        rps, _, _ = sidecar_bench._wrk(leg.entry_port, seconds, 32, client)
-                        after = [procs.cpu_seconds(p.pid) or 0.0 for p in leg.proxies]
-                        n = max(rps * seconds, 1)
-                        us = [1e6 * (b - a) / n for a, b in zip(before, after, strict=True)]
-                        results[leg.name].append((rps, us))
-                        print(f"round {r}: {leg.name:10} {rps:7.0f} req/s, µs/request per proxy "
-                              f"(client, server) {[round(u) for u in us]}", flush=True)  # fmt: skip
+                results = interleaved.measure(legs, rounds, seconds, client)
             finally:
                 procs.set_affinity(own)
-    base = statistics.median(rps for rps, _ in results["stunnel"])
-    print(f"\nmedians over {rounds} rounds of {seconds} s (wrk -t1 -c32, GET /100b):")
-    for name, rows in results.items():
-        rps = statistics.median(x for x, _ in rows)
-        us = [round(statistics.median(row[1][i] for row in rows)) for i in range(2)]
-        print(f"  {name:10} {rps:7.0f} req/s  {100 * rps / base:4.0f}% of stunnel  µs/request {us}")
+    interleaved.print_medians(results, rounds, seconds)
 
 
 if __name__ == "__main__":

@@ -198,12 +198,13 @@ spec:
 
 def start_trustmesh(
     procs: Processes, work: Path, pki: Pki, backend_port: int, cpu_list: list[int],
-    *, name: str = "trustmesh", sidecar_args: Sequence[str] = (),
+    *, name: str = "trustmesh", sidecar_args: Sequence[str] = (), tree: Path | None = None,
 ) -> Leg:
     """Control plane plus a client and a server sidecar, each joined with its own token.
 
     `name` names the leg (its work directory and process names); `sidecar_args` go to both
-    sidecars (the tracing leg passes `--otlp-endpoint`).
+    sidecars (the tracing leg passes `--otlp-endpoint`). `tree`: run the control plane and
+    sidecars from that source tree (another commit's, for `sidecar_ab`) instead of this one.
 
     The sidecars get their SVIDs from the control plane running on the CA that issued
     the stunnel pair's certificates, so both legs handshake with the same PKI.
@@ -235,7 +236,7 @@ def start_trustmesh(
     cp = procs.start(prefix + "control-plane", [
         *trustmesh_command(), "control-plane", "--state-dir", str(pki.state_dir),
         "--listen", f"{LOOPBACK}:{cp_port}", *cp_policy,
-    ], cpu_list=cpu_list)
+    ], cpu_list=cpu_list, cwd=tree)
     wait_port(LOOPBACK, cp_port, START_TIMEOUT_S, cp.popen)
     control_plane = f"https://{LOOPBACK}:{cp_port}"
 
@@ -262,7 +263,7 @@ def start_trustmesh(
         "--inbound", f"{LOOPBACK}:{inbound_port}={LOOPBACK}:{backend_port}",
         "--admin", f"{LOOPBACK}:{server_admin}", "--data-dir", str(root / "server"), *extra_args, *log_args,
         *sidecar_args,
-    ], cpu_list=cpu_list)
+    ], cpu_list=cpu_list, cwd=tree)
     client = procs.start(prefix + "sidecar-client", [
         *trustmesh_command(), "--debug", "sidecar",
         "--control-plane", control_plane, "--join-token", web_token,
@@ -270,7 +271,7 @@ def start_trustmesh(
         "--endpoints", f"api={LOOPBACK}:{inbound_port}@{API_ID}",
         "--admin", f"{LOOPBACK}:{client_admin}", "--data-dir", str(root / "client"), *log_args,
         *sidecar_args,
-    ], cpu_list=cpu_list)
+    ], cpu_list=cpu_list, cwd=tree)
     for proc, admin in ((server, server_admin), (client, client_admin)):
         _wait_ready(proc, admin)
     wait_port(LOOPBACK, outbound_port, START_TIMEOUT_S, client.popen)

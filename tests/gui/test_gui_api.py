@@ -56,8 +56,16 @@ async def test_json_endpoints_share_the_pages_data(mesh: SeededMesh) -> None:
         assert {s["service_name"] for s in spans} == {"web", "api", "db"}
 
         # Pages and fragments render, with the security headers.
-        for path in ("/topology", "/workloads", "/policy", "/traces", f"/traces/{full['trace_id']}",
-                     "/fragments/topology", "/fragments/workloads", "/fragments/policy/decisions"):
+        for path in (
+            "/topology",
+            "/workloads",
+            "/policy",
+            "/traces",
+            f"/traces/{full['trace_id']}",
+            "/fragments/topology",
+            "/fragments/workloads",
+            "/fragments/policy/decisions",
+        ):
             response = await http.get(path)
             assert response.status_code == 200, path
             assert "script-src 'self'" in response.headers["content-security-policy"]
@@ -74,8 +82,9 @@ async def test_dns_rebinding_is_refused_on_loopback(mesh: SeededMesh) -> None:
 
 async def test_otlp_receiver_on_the_gui_listener_rejects_garbage(mesh: SeededMesh) -> None:
     async with httpx.AsyncClient(base_url=mesh.gui_url, timeout=10) as http:
-        r = await http.post("/v1/traces", content=b"\xff\x00garbage",
-                            headers={"content-type": "application/x-protobuf"})
+        r = await http.post(
+            "/v1/traces", content=b"\xff\x00garbage", headers={"content-type": "application/x-protobuf"}
+        )
         assert r.status_code == 400
         assert (await http.post("/v1/traces", json={})).status_code == 415
 
@@ -93,7 +102,9 @@ def test_cli_refuses_a_remote_gui_without_the_flag(tmp_path: Path) -> None:
     CertificateAuthority.init(tmp_path / "state", "example.org")
     result = subprocess.run(
         [*TRUSTMESH, "control-plane", "--state-dir", str(tmp_path / "state"), "--gui", "0.0.0.0:0"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "--gui-allow-remote" in result.stderr
@@ -110,9 +121,19 @@ async def test_cli_serves_the_gui(tmp_path: Path) -> None:
     CertificateAuthority.init(tmp_path / "state", "example.org")
     port = _free_port()
     proc = subprocess.Popen(
-        [*TRUSTMESH, "control-plane", "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0",
-         "--gui", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            *TRUSTMESH,
+            "control-plane",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--listen",
+            "127.0.0.1:0",
+            "--gui",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:

@@ -26,28 +26,45 @@ def server(
     parent: str | None = None,
     **extra: object,
 ) -> StoredSpan:
-    attrs: dict[str, object] = {"http.response.status_code": status, "http.request.method": "GET",
-                                "url.path": "/x", **extra}
+    attrs: dict[str, object] = {
+        "http.response.status_code": status,
+        "http.request.method": "GET",
+        "url.path": "/x",
+        **extra,
+    }
     if peer is not None:
         attrs["trustmesh.peer.spiffe_id"] = peer
     if decision is not None:
         attrs["trustmesh.policy.decision"] = decision
         attrs["trustmesh.policy.revision"] = "rev1"
     return StoredSpan(
-        trace_id=f"{next(_ids):032x}", span_id=f"{next(_ids):016x}", parent_span_id=parent, name="GET",
-        kind="SERVER", start_time_unix_nano=end - int(ms * 1e6), end_time_unix_nano=end,
+        trace_id=f"{next(_ids):032x}",
+        span_id=f"{next(_ids):016x}",
+        parent_span_id=parent,
+        name="GET",
+        kind="SERVER",
+        start_time_unix_nano=end - int(ms * 1e6),
+        end_time_unix_nano=end,
         attributes=attrs,  # type: ignore[arg-type]
-        status_code="ERROR" if status >= 500 or decision == "deny" else "UNSET", status_message="",
+        status_code="ERROR" if status >= 500 or decision == "deny" else "UNSET",
+        status_message="",
         service_name=service,
     )
 
 
 def client(service: str, peer: str, target_service: str, *, end: int, span_id: str) -> StoredSpan:
     return StoredSpan(
-        trace_id="0" * 32, span_id=span_id, parent_span_id=None, name="GET", kind="CLIENT",
-        start_time_unix_nano=end - 1000, end_time_unix_nano=end,
+        trace_id="0" * 32,
+        span_id=span_id,
+        parent_span_id=None,
+        name="GET",
+        kind="CLIENT",
+        start_time_unix_nano=end - 1000,
+        end_time_unix_nano=end,
         attributes={"trustmesh.peer.spiffe_id": peer, "trustmesh.service": target_service},
-        status_code="UNSET", status_message="", service_name=service,
+        status_code="UNSET",
+        status_message="",
+        service_name=service,
     )
 
 
@@ -104,8 +121,16 @@ def test_decisions_newest_first_with_optional_rule_attributes() -> None:
     obs = MeshObservations(max_decisions=3)
     obs.ingest([server("api", WEB, end=T0 + i) for i in range(5)], now_ns=T0)
     obs.ingest(
-        [server("db", WEB, end=T0 + 9, decision="deny", status=403,
-                **{"trustmesh.policy.policy": "no-db", "trustmesh.policy.rule": 2})],
+        [
+            server(
+                "db",
+                WEB,
+                end=T0 + 9,
+                decision="deny",
+                status=403,
+                **{"trustmesh.policy.policy": "no-db", "trustmesh.policy.rule": 2},
+            )
+        ],
         now_ns=T0,
     )
     decisions = obs.decisions()

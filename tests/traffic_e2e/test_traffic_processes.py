@@ -72,7 +72,9 @@ def test_load_spreads_and_p2c_sends_less_to_a_slow_endpoint(tmp_path: Path) -> N
         counts = [sum(r.path == "/load" for r in app.seen) for app in apps]
         assert sum(counts) == 200 and min(counts) >= 40, counts  # both endpoints carry real load
 
-        apps[1].delay = 0.05  # one endpoint turns slow
+        # One endpoint turns slow: 100 ms, far above what the fast one takes even on a busy
+        # machine (the suite runs on two workers), so the verdict is about P2C, not noise.
+        apps[1].delay = 0.1
         before = [sum(r.path == "/load" for r in app.seen) for app in apps]
         statuses = _load(web, threads=4, each=50)
         assert statuses.count(200) == 200
