@@ -151,7 +151,9 @@ class InboundHttp:
         self._telemetry.policy(ex, decision)
         if not decision.allowed:
             return await self._forbid(conn, parser, head, peer, decision.reason, ex)
-        with self._drain.request():
+        drain = self._drain
+        drain.enter()  # in flight until answered (not `with drain.request()`: per request)
+        try:
             head_bytes = forward_request_head(head, strip=STRIP | strip if strip else STRIP, add=add)
             ex.upstream = self._app
             for attempt in (1, 2):
@@ -208,6 +210,8 @@ class InboundHttp:
                 else:
                     up.close()
                 return outcome.downstream_keep_alive and not self._drain.draining
+        finally:
+            drain.exit()
         return False  # unreachable: the loop returns on its second attempt
 
     async def _app_connection(self) -> tuple[Conn | None, bool]:

@@ -241,35 +241,37 @@ class OutboundHttp:
         if endpoints is not self._known:
             self._known = endpoints
             self.outlier.retain({ep.address for ep in endpoints})
-        settings = self._settings.settings(str(endpoints[0].spiffe_id))
+        settings = self._settings.settings(endpoints[0].spiffe_id_text)
         if settings is not self._applied:
             self._apply(settings)
-        with self._drain.request():
-            request = _Request(self, settings, deadline)
-            self.deadlines.arm(deadline, settings.request_timeout)
-            try:
-                return await self._attempts(conn, parser, head, endpoints, request, ex, strip, add)
-            except HttpError as exc:
-                log.warning(
-                    "request_refused",
-                    listener=self._listener,
-                    reason=exc.code,
-                    status=exc.status,
-                    detail=exc.detail,
-                )
-                await send_raw(conn, ex.error_response(exc.status, exc.code))
-                return False
-            except DownstreamGone:
-                ex.error_code = "downstream-gone"
-                return False
-            except trio.Cancelled:
-                if deadline.cancel_called:
-                    await self._deadline_exceeded(conn, request, ex)
-                raise
-            finally:
-                ex.attempts = request.attempt
-                if not request.started:
-                    self.deadlines.disarm(deadline)
+        request = _Request(self, settings, deadline)
+        drain = self._drain
+        drain.enter()
+        self.deadlines.arm(deadline, settings.request_timeout)
+        try:
+            return await self._attempts(conn, parser, head, endpoints, request, ex, strip, add)
+        except HttpError as exc:
+            log.warning(
+                "request_refused",
+                listener=self._listener,
+                reason=exc.code,
+                status=exc.status,
+                detail=exc.detail,
+            )
+            await send_raw(conn, ex.error_response(exc.status, exc.code))
+            return False
+        except DownstreamGone:
+            ex.error_code = "downstream-gone"
+            return False
+        except trio.Cancelled:
+            if deadline.cancel_called:
+                await self._deadline_exceeded(conn, request, ex)
+            raise
+        finally:
+            ex.attempts = request.attempt
+            if not request.started:
+                self.deadlines.disarm(deadline)
+            drain.exit()
 
     async def _deadline_exceeded(self, conn: Conn, request: _Request, ex: Exchange) -> None:
         self.traffic.deadlines += 1
