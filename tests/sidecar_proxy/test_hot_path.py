@@ -132,6 +132,8 @@ async def test_closed_conn_refuses_reads_and_writes() -> None:
     with pytest.raises(ConnectionClosed):
         await conn.recv()
     with pytest.raises(ConnectionClosed):
+        await conn.recv_wait_first()  # does not wait on a descriptor that is gone
+    with pytest.raises(ConnectionClosed):
         await conn.send_all(b"x")
     with pytest.raises(ConnectionClosed):
         conn.recv_nowait()  # never reads whatever socket gets the fd number next
