@@ -245,29 +245,31 @@ class RequestParser(_Parser):
         """Parse `data`, appending events; raise `HttpError` (400/431) on a broken request."""
         self._feed(self._p, data, 400, "bad-request")
 
+    # The callbacks below run on every request: each does its part inline rather than
+    # through the shared helpers (a Python call each).
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        self._in_head = True
+        self._head_size = 0
+        self._headers = []
+        self._framing_fields = None
+        self._trailers = None
         self._url = b""
 
     def on_url(self, url: bytes) -> None:
-        self._grow_head(len(url))
+        self._head_size += len(url)
+        if self._head_size > self._max_head:
+            raise HttpError(431, "head-too-large", f"request head over {self._max_head} bytes")
         self._url += url
 
     def on_headers_complete(self) -> None:
         p = self._p
-        _check_request_fields(self._headers, p.get_http_version())
-        chunked, length = _framing_of(self._framing_fields)
-        self.events.append(
-            RequestHead(
-                p.get_method(),
-                self._url,
-                p.get_http_version(),
-                self._headers,
-                p.should_keep_alive(),
-                chunked,
-                length,
-            )
-        )
+        version = p.get_http_version()
+        _check_request_fields(self._headers, version)
+        fields = self._framing_fields
+        chunked, length = _framing(fields) if fields else (False, None)
+        persistent = p.should_keep_alive()
+        head = RequestHead(p.get_method(), self._url, version, self._headers, persistent, chunked, length)
+        self.events.append(head)
         self._in_head = False
         self._raw_in_head = 0
 
