@@ -4,14 +4,17 @@ A new connection costs a TCP handshake (and, outbound, a TLS handshake and SVID 
 reuse is what keeps that off the per-request path. The newest idle connection is reused
 first (warm in every cache; the oldest ones age out). A connection idle for a while is
 probed with one non-blocking read before reuse: EOF means the upstream closed it.
+
+Idle times are `time.monotonic()`, not trio's clock: they are only compared with each
+other, coarsely, and trio's `current_time()` is three Python calls where this is one C
+call, twice per request.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable
 from typing import Generic, TypeVar
-
-import trio
 
 from trustmesh.sidecar.conn import Conn, ConnectionClosed
 
@@ -33,7 +36,7 @@ class ConnPool(Generic[K]):
         stack = self._idle.get(key)
         if not stack:
             return None
-        now = trio.current_time()
+        now = time.monotonic()
         while stack:
             since, conn = stack.pop()
             idle_for = now - since
@@ -56,7 +59,7 @@ class ConnPool(Generic[K]):
         if len(stack) >= self._max_idle:
             conn.close()
             return
-        stack.append((trio.current_time(), conn))
+        stack.append((time.monotonic(), conn))
 
     def close_all(self) -> None:
         for stack in self._idle.values():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -64,9 +64,8 @@ class SidecarMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *, cert_expiry: bool = True) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        # Label children by label values: `.labels(...)` costs microseconds, a dict lookup does not.
-        self._decision_children: dict[str, Any] = {}
-        # The two per-request series: a custom collector, see `request_series`.
+        # The per-request series (requests, latency, policy decisions): a custom collector,
+        # see `request_series`.
         self.request_series = RequestSeries(LATENCY_BUCKETS)
         r.register(self.request_series)
         self.tcp_opened = Counter(
@@ -92,9 +91,6 @@ class SidecarMetrics:
             "mTLS handshakes failed, by reason code (untrusted_chain, expired, timeout, …).",
             ["direction", "reason"],
             registry=r,
-        )
-        self.policy_decisions = Counter(
-            "trustmesh_policy_decisions", "Inbound authorization decisions.", ["decision"], registry=r
         )
         self.cert_expiry: Gauge | None = None
         if cert_expiry:
@@ -132,10 +128,7 @@ class SidecarMetrics:
         self.request_series.observe(direction, peer or UNKNOWN_PEER, service, status, duration_s)
 
     def observe_policy_decision(self, decision: str) -> None:
-        child = self._decision_children.get(decision)
-        if child is None:
-            child = self._decision_children[decision] = self.policy_decisions.labels(decision)
-        child.inc()
+        self.request_series.observe_decision(decision)
 
     # -- per connection ---------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""The per-request series (`trustmesh_requests_total`, `trustmesh_request_duration_seconds`) as a
-prometheus-client custom collector: counted in plain Python objects, turned into metric families
-only when `/metrics` is scraped.
+"""The per-request series (`trustmesh_requests_total`, `trustmesh_request_duration_seconds`,
+`trustmesh_policy_decisions_total`) as a prometheus-client custom collector: counted in plain
+Python objects, turned into metric families only when `/metrics` is scraped.
 
 Why not prometheus-client's `Counter` and `Histogram`: every request updates both, and each
 update goes through label checks and a lock per value (the sidecar is one trio thread; the lock
@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+DECISIONS_HELP = "Inbound authorization decisions."
 REQUESTS_HELP = "HTTP requests handled, by direction, peer identity, mesh service and status class."
 DURATION_HELP = "Time from request head received to response complete, as seen by the sidecar."
 
@@ -52,6 +53,7 @@ class RequestSeries(Collector):
         self._bounds = tuple(buckets)
         self._series: dict[tuple[str, str, str, int], _Series] = {}
         self._durations: dict[tuple[str, str, str], _Durations] = {}
+        self._decisions: dict[str, int] = {}
 
     def observe(self, direction: str, peer: str, service: str, status: int, duration_s: float) -> None:
         """One finished request: `status` is the HTTP status (0 for none), `duration_s` its time."""
@@ -63,6 +65,10 @@ class RequestSeries(Collector):
         durations = series.durations
         durations.buckets[bisect_left(self._bounds, duration_s)] += 1
         durations.total += duration_s
+
+    def observe_decision(self, decision: str) -> None:
+        """One inbound authorization decision (`allow`, `deny`)."""
+        self._decisions[decision] = self._decisions.get(decision, 0) + 1
 
     def _add(self, key: tuple[str, str, str, int], status: int) -> _Series:
         direction, peer, service, _ = key
@@ -85,7 +91,10 @@ class RequestSeries(Collector):
         durations = HistogramMetricFamily(
             "trustmesh_request_duration_seconds", DURATION_HELP, labels=["direction", "peer", "service"]
         )
+        decisions = CounterMetricFamily("trustmesh_policy_decisions", DECISIONS_HELP, labels=["decision"])
         if not empty:
+            for decision, count in list(self._decisions.items()):
+                decisions.add_metric([decision], count)
             # A label set whose status classes share one histogram is exported once.
             for series in list(self._series.values()):
                 requests.add_metric(list(series.labels), series.count)
@@ -99,6 +108,7 @@ class RequestSeries(Collector):
                 durations.add_metric([direction, peer, service], buckets, hist.total)
         yield requests
         yield durations
+        yield decisions
 
 
 def _go_float(bound: float) -> str:

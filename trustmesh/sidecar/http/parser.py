@@ -30,7 +30,16 @@ _HEADER_OVERHEAD = 4
 class RequestHead:
     """A parsed request head. Header names keep their case; compare with `.lower()`."""
 
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "method", "target", "version")
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "has_body",
+        "headers",
+        "keep_alive",
+        "method",
+        "target",
+        "version",
+    )
 
     def __init__(
         self,
@@ -49,10 +58,7 @@ class RequestHead:
         self.keep_alive = keep_alive
         self.chunked = chunked
         self.content_length = content_length
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+        self.has_body = chunked or bool(content_length)  # asked several times per request
 
 
 class ResponseHead:

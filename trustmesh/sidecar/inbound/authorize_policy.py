@@ -50,13 +50,15 @@ class PolicyAuthorizer:
         log.info("policy_revision_applied", revision=revision.id, previous_revision=previous)
 
     def authorize_http(self, peer: SpiffeId, method: str, path: str, port: int) -> Decision:
-        decision = self._engine.decide(str(peer), self._own, method, path, port)
-        self._record(decision, str(peer), method, path, port)
+        source = str(peer)
+        decision = self._engine.decide(source, self._own, method, path, port)
+        self._record(decision, source, method, path, port)
         return decision
 
     def authorize_tcp(self, peer: SpiffeId, port: int) -> Decision:
-        decision = self._engine.decide(str(peer), self._own, port=port)
-        self._record(decision, str(peer), None, None, port)
+        source = str(peer)
+        decision = self._engine.decide(source, self._own, port=port)
+        self._record(decision, source, None, None, port)
         return decision
 
     def _record(self, decision: Decision, peer: str, method: str | None, path: str | None, port: int) -> None:

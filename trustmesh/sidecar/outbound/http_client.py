@@ -314,16 +314,20 @@ class OutboundHttp:
         whole = whole_request(head_bytes, parser, head.chunked)
         request.replayable = replay_allowed and whole is not None
         stale_retry_ok = whole is not None and (request.replayable or not head.has_body)
-        self._budget.deposit(self._clock.monotonic())
+        clock = self._clock
+        now = clock.monotonic()
+        self._budget.deposit(now)
         tried: list[HostPort] | None = None
         outlier = self.outlier
         connector = self._connector
         balancer = self._balancer
         max_attempts = settings.retry.max_attempts
+        stale_used = False
         while request.attempt < max_attempts:
             request.attempt += 1
             self.traffic.attempts += 1
-            now = self._clock.monotonic()
+            if request.attempt > 1 or stale_used:  # a retry: time has passed since `now`
+                now = clock.monotonic()
             candidates = self._candidates(endpoints, tried, now)
             if not candidates:
                 self.traffic.no_healthy += 1
@@ -413,6 +417,7 @@ class OutboundHttp:
                         # reached it. Try again on a fresh connection; no attempt is spent.
                         balancer.finish(ep, time.monotonic(), time.monotonic() - started, failed=True)
                         stale_retry_ok = False
+                        stale_used = True
                         request.attempt -= 1
                         continue
                     self._finish(ep, started, len(endpoints), failed=True)
