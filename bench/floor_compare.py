@@ -44,7 +44,6 @@ def main() -> None:
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     allowed = procs.cpus()
     client, server = (allowed[:1], allowed[1:]) if len(allowed) > 1 else (allowed, allowed)
-    own = procs.cpus()
     with tempfile.TemporaryDirectory(prefix="trustmesh-floor-") as tmp:
         work = topologies.make_work_dir(Path(tmp))
         logs = Path(sys.argv[3]) if len(sys.argv) > 3 else work
@@ -58,12 +57,7 @@ def main() -> None:
                 _relay_leg(running, pki, backend, server, "http"),
                 topologies.start_trustmesh(running, work, pki, backend, server),
             ]
-            topologies.settle(1.0)
-            procs.set_affinity(client)
-            try:
-                results = interleaved.measure(legs, rounds, seconds, client)
-            finally:
-                procs.set_affinity(own)
+            results = interleaved.measure_pinned(legs, rounds, seconds, client)
     interleaved.print_medians(results, rounds, seconds)
 
 

@@ -10,11 +10,22 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from bench import procs, sidecar_bench
+from bench import procs, sidecar_bench, topologies
 from bench.topologies import Leg
 
 # Per leg, per round: (requests/s, CPU µs per request of each proxy, client first).
 Results = dict[str, list[tuple[float, list[float]]]]
+
+
+def measure_pinned(legs: Sequence[Leg], rounds: int, seconds: int, client: list[int]) -> Results:
+    """`measure` with this process (and so wrk) on the `client` CPUs, once the legs have settled."""
+    own = procs.cpus()
+    topologies.settle(1.0)
+    procs.set_affinity(client)
+    try:
+        return measure(legs, rounds, seconds, client)
+    finally:
+        procs.set_affinity(own)
 
 
 def measure(legs: Sequence[Leg], rounds: int, seconds: int, client: list[int]) -> Results:

@@ -29,7 +29,6 @@ def main() -> None:
     seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     allowed = procs.cpus()
     client, server = (allowed[:1], allowed[1:]) if len(allowed) > 1 else (allowed, allowed)
-    own = procs.cpus()
     with tempfile.TemporaryDirectory(prefix="trustmesh-sidecar-ab-") as tmp:
         work = topologies.make_work_dir(Path(tmp))
         other = work / "tree"
@@ -42,12 +41,7 @@ def main() -> None:
                 topologies.start_trustmesh(running, work, pki, backend, server, name=rev[:12], tree=other),
                 topologies.start_trustmesh(running, work, pki, backend, server, name="working-tree"),
             ]
-            topologies.settle(1.0)
-            procs.set_affinity(client)
-            try:
-                results = interleaved.measure(legs, rounds, seconds, client)
-            finally:
-                procs.set_affinity(own)
+            results = interleaved.measure_pinned(legs, rounds, seconds, client)
     interleaved.print_medians(results, rounds, seconds)
 
 
