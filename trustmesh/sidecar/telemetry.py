@@ -17,12 +17,13 @@ body the sidecar writes carry, so one id finds a request everywhere.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Final, Literal
 
 from trustmesh.sidecar.http.errors import error_response
 from trustmesh.sidecar.http.parser import RequestHead
-from trustmesh.tracing.logs import access_log
+from trustmesh.tracing.logs import access_log, level_enabled
 from trustmesh.tracing.metrics import SidecarMetrics
 from trustmesh.tracing.request_id import REQUEST_ID_HEADER, find_request_id, new_request_id
 
@@ -232,20 +233,21 @@ class Telemetry:
             span.finish(status, error_code=ex.error_code)
             if ex.upstream is not None:
                 span.set_upstream(ex.upstream)
-        access_log(
-            direction=ex.direction,
-            method=head.method.decode("latin-1"),
-            path=_path(head.target),
-            status=status,
-            duration_s=duration,
-            request_id=ex.request_id,
-            bytes_received=ex.bytes_received,
-            peer_spiffe_id=ex.peer,
-            upstream=ex.upstream,
-            error_code=ex.error_code,
-            service=service,
-            attempts=ex.attempts,
-        )
+        if level_enabled(logging.INFO):  # else skip building the event's fields, per request
+            access_log(
+                direction=ex.direction,
+                method=head.method.decode("latin-1"),
+                path=_path(head.target),
+                status=status,
+                duration_s=duration,
+                request_id=ex.request_id,
+                bytes_received=ex.bytes_received,
+                peer_spiffe_id=ex.peer,
+                upstream=ex.upstream,
+                error_code=ex.error_code,
+                service=service,
+                attempts=ex.attempts,
+            )
         self.metrics.observe_request(
             ex.direction, peer=ex.peer, service=service, status=status, duration_s=duration
         )
