@@ -33,7 +33,7 @@ def _topology(page: Page, mesh: SeededMesh, out: Path) -> None:
     page.goto(f"{mesh.gui_url}/topology")
     # cytoscape has drawn the graph: 4 services, 3 edges (web->api, api->db, web->db).
     # Polled by playwright, not a `wait_for_function` string (eval'd, refused by the GUI's CSP).
-    expect(page.locator("#graph")).to_have_attribute("data-edges", "3")
+    expect(page.locator("#graph")).to_have_attribute("data-edges", "3", timeout=30_000)
     nodes = page.evaluate("window.trustmeshTopology.nodes().map(n => n.data('label')).sort()")
     assert nodes == ["api", "db", "report", "web"]
     states = page.evaluate(

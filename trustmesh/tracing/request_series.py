@@ -47,7 +47,8 @@ class _Series:
 
 
 class RequestSeries(Collector):
-    """Request counts by status class and latency histograms, for one sidecar's registry."""
+    """Request counts by status class, latency histograms and policy decisions, for one sidecar's
+    registry."""
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self._bounds = tuple(buckets)
