@@ -1,9 +1,9 @@
 """Edge cases of the hot path's shortcuts (docs/sidecar-design.md): each one must behave
 exactly like the slow path it replaces.
 
-- the idle timeout is a coarse sweep (`IdleConnections`), not a deadline per request;
-- an outbound request's deadline is a dict entry and one timer task (`RequestDeadlines`),
-  which must fire exactly when a trio deadline would have, and never after a disarm;
+- the idle timeout and the outbound request deadline are dict entries and one timer task
+  (`ScopeDeadlines`; `IdleConnections` for the idle one), which must fire exactly when a
+  trio deadline would have, and never after a disarm;
 - the next request is probed with a non-blocking read, and the probe switches itself off
   and on again (every 8th request), so pipelined and back-to-back requests must all be
   answered, in order, whichever way they arrive;
@@ -30,7 +30,7 @@ from trustmesh.sidecar.config import Limits
 from trustmesh.sidecar.conn import Conn, ConnectionClosed
 from trustmesh.sidecar.drain import Drain
 from trustmesh.sidecar.listener import IdleConnections
-from trustmesh.sidecar.request_deadlines import RequestDeadlines
+from trustmesh.sidecar.scope_deadlines import ScopeDeadlines
 
 
 def test_expire_cancels_only_scopes_past_their_expiry() -> None:
@@ -82,7 +82,7 @@ def test_idle_scope_is_cancelled_at_once_during_a_drain() -> None:
 
 def test_request_deadline_fires_exactly_on_time_and_never_after_a_disarm() -> None:
     async def main() -> None:
-        deadlines = RequestDeadlines()
+        deadlines = ScopeDeadlines()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(deadlines.run)
             await trio.sleep(1.0)  # the timer sleeps with nothing armed
@@ -110,16 +110,16 @@ def test_request_deadline_fires_exactly_on_time_and_never_after_a_disarm() -> No
 
 def test_request_deadline_expire_returns_the_next_one_due() -> None:
     async def main() -> None:
-        deadlines = RequestDeadlines()
+        deadlines = ScopeDeadlines()
         a, b = trio.CancelScope(), trio.CancelScope()
         now = trio.current_time()
         deadlines.arm(a, 1.0)
         deadlines.arm(b, 2.0)
-        assert deadlines.expire(now + 0.5) == now + 1.0
-        assert deadlines.expire(now + 1.0) == now + 2.0
+        assert (deadlines.expire(now + 0.5), deadlines.next_due()) == (0, now + 1.0)
+        assert (deadlines.expire(now + 1.0), deadlines.next_due()) == (1, now + 2.0)
         assert a.cancel_called and not b.cancel_called
         deadlines.disarm(b)
-        assert deadlines.expire(now + 5.0) == float("inf")
+        assert (deadlines.expire(now + 5.0), deadlines.next_due()) == (0, float("inf"))
         assert not b.cancel_called
 
     trio.run(main, clock=trio.testing.MockClock())

@@ -276,14 +276,7 @@ async def _relay_response(
     framing = ""
     started = False
     close = not request.keep_alive
-    first = True
-    while True:
-        if not first:
-            try:
-                data = await up.recv()
-            except ConnectionClosed as exc:
-                raise UpstreamFailed(str(exc), response_started=started) from exc
-        first = False
+    while True:  # `data` holds the latest read: the first one above, then each below
         if not data:
             if head is not None and head.body == "close":
                 # A close-delimited body ends at EOF; re-chunked downstream, it gets its end.
@@ -328,6 +321,10 @@ async def _relay_response(
             assert head is not None
             reusable = head.keep_alive and body_done and not events
             return Outcome(reusable, not close, head.status)
+        try:
+            data = await up.recv()
+        except ConnectionClosed as exc:
+            raise UpstreamFailed(str(exc), response_started=started) from exc
 
 
 async def _send_down(down: Conn, data: bytes) -> None:

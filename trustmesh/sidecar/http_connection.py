@@ -6,7 +6,7 @@ It owns what every HTTP listener must do the same way: wait for the next request
 431) or a slow one (408) and close, then hand the head to the listener's own handler.
 
 One cancel scope per connection carries both timeouts, and `phase` says which one fired.
-The idle timeout is not a deadline on it but an entry in `IdleConnections`, whose sweeper
+The idle timeout is not a deadline on it but an entry in `IdleConnections`, whose timer
 cancels the scope (a trio deadline move costs a heap update behind a contextmanager, and
 this would move it twice per request); the head deadline is only set when a head comes
 in pieces. A request that is already waiting, its head whole in one read, costs neither.

@@ -10,7 +10,6 @@ they close, give in-flight work `drain_timeout`, then cancel what is left).
 from __future__ import annotations
 
 import errno
-import math
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -20,73 +19,44 @@ import trio
 from trustmesh.sidecar.config import HostPort
 from trustmesh.sidecar.counters import ProxyCounters
 from trustmesh.sidecar.drain import Drain
+from trustmesh.sidecar.scope_deadlines import ScopeDeadlines
 
 log = structlog.get_logger(__name__)
 
 _BACKLOG = 4096
-# Idle-timeout sweeps: eight per timeout (so it fires at most ~12% late), bounded both ways.
-_SWEEPS_PER_TIMEOUT = 8
-_MIN_SWEEP_INTERVAL = 0.005
-_MAX_SWEEP_INTERVAL = 1.0
 # accept() errors that concern one connection or a momentary shortage, not the listener.
 _TRANSIENT_ACCEPT = frozenset(
     {errno.ECONNABORTED, errno.EPROTO, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EPERM}
 )
 
 
-class IdleConnections:
+class IdleConnections(ScopeDeadlines):
     """The cancel scopes of connections waiting for their next request, with their expiry.
 
-    A connection going idle registers here instead of moving its own deadline: a trio
-    deadline move is a heap update behind a contextmanager, twice per request, while
-    registering is a dict insert. `sweep` (run by `serve_listener`) cancels the scopes past
-    their expiry every eighth of the shortest idle timeout seen (at most every second), so
-    an idle timeout fires up to ~12% late: a coarse timer, as in nginx and Envoy.
+    A connection going idle arms its scope here instead of moving its own deadline (see
+    `ScopeDeadlines`: a dict insert instead of a trio heap update, twice per request), and
+    `sweep` (run by `serve_listener`) cancels it once idle for the timeout.
 
     Drain cancels them all (an idle keep-alive connection has nothing in flight); a
     connection that becomes idle after the drain began is cancelled on the spot.
     """
 
     def __init__(self, drain: Drain) -> None:
+        super().__init__()
         self._drain = drain
-        self._scopes: dict[trio.CancelScope, float] = {}
-        self._shortest = math.inf
-        self._interval = _MAX_SWEEP_INTERVAL
-        self._rearm: trio.Event | None = None  # set when the interval shrinks mid-sleep
 
     def enter(self, scope: trio.CancelScope, timeout: float) -> None:
         """Register `scope` as idle; it is cancelled once idle for `timeout` seconds."""
         if self._drain.draining:
             scope.cancel()
-        if timeout < self._shortest:
-            self._shortest = timeout
-            self._interval = min(_MAX_SWEEP_INTERVAL, max(_MIN_SWEEP_INTERVAL, timeout / _SWEEPS_PER_TIMEOUT))
-            if self._rearm is not None:
-                self._rearm.set()
-        self._scopes[scope] = trio.current_time() + timeout
+        self.arm(scope, timeout)
 
     def leave(self, scope: trio.CancelScope) -> None:
-        self._scopes.pop(scope, None)
-
-    def expire(self, now: float) -> int:
-        """Cancel (and forget) the scopes idle past their expiry at `now`; how many."""
-        expired = [scope for scope, expiry in self._scopes.items() if expiry <= now]
-        for scope in expired:
-            del self._scopes[scope]
-            scope.cancel()
-        return len(expired)
+        self.disarm(scope)
 
     async def sweep(self) -> None:
         """Expire idle connections, forever (cancelled with the listener's nursery)."""
-        while True:
-            self._rearm = trio.Event()
-            with trio.move_on_after(self._interval):
-                await self._rearm.wait()
-            self.expire(trio.current_time())
-
-    def cancel_all(self) -> None:
-        for scope in self._scopes:
-            scope.cancel()
+        await self.run()
 
 
 def bind(address: HostPort) -> socket.socket:

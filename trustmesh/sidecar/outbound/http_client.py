@@ -70,7 +70,7 @@ from trustmesh.sidecar.outbound.retry import (
 from trustmesh.sidecar.outbound.retry_budget import RetryBudget
 from trustmesh.sidecar.outbound.secure_connect import SecureConnector, UpstreamError
 from trustmesh.sidecar.outbound.traffic_settings import TrafficSettings, TrafficSettingsProvider
-from trustmesh.sidecar.request_deadlines import RequestDeadlines
+from trustmesh.sidecar.scope_deadlines import ScopeDeadlines
 from trustmesh.sidecar.telemetry import Exchange, Telemetry
 from trustmesh.tracing.metrics import SidecarMetrics
 
@@ -137,11 +137,11 @@ class OutboundHttp:
         balancer: Balancer | None = None,
         traffic_counters: TrafficCounters | None = None,
         telemetry: Telemetry | None = None,
-        deadlines: RequestDeadlines | None = None,
+        deadlines: ScopeDeadlines | None = None,
     ) -> None:
         self._cfg = cfg
         # Request deadlines; whoever serves connections runs `deadlines.run()` beside them.
-        self.deadlines = deadlines if deadlines is not None else RequestDeadlines()
+        self.deadlines = deadlines if deadlines is not None else ScopeDeadlines()
         self._telemetry = telemetry if telemetry is not None else Telemetry(SidecarMetrics(), service="")
         self._metrics = self._telemetry.metrics
         self._endpoints = endpoints
