@@ -130,3 +130,68 @@ async def test_plain_http_and_foreign_clients_fail_the_handshake_and_the_server_
     assert head.startswith(b"HTTP/1.1 200 ")
     await stream.aclose()
     harness.cp.stop()
+
+
+async def test_a_request_body_sent_in_pieces_is_read_whole(
+    state_dir: Path, clock: ManualClock, nursery: trio.Nursery
+) -> None:
+    # The app waits for each piece (the request's inbox is empty between them) and the
+    # join succeeds only if every piece arrived, in order.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    harness = await start_control_plane(nursery, state_dir, clock)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    body = json.dumps(
+        {
+            "token": await harness.token("spiffe://example.org/ns/pieces"),
+            "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+        }
+    ).encode()
+    stream = await _connect(harness)
+    await stream.send_all(
+        b"POST /v1/join HTTP/1.1\r\nhost: cp\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    )
+    third = len(body) // 3
+    for piece in (body[:third], body[third : 2 * third], body[2 * third :]):
+        await trio.sleep(0.1)
+        await stream.send_all(piece)
+    with trio.fail_after(10):
+        head, answer = await _read_response(stream)
+    assert head.startswith(b"HTTP/1.1 200 "), (head, answer)
+    assert json.loads(answer)["spiffe_id"] == "spiffe://example.org/ns/pieces"
+    await stream.aclose()
+    harness.cp.stop()
+
+
+async def test_pipelined_requests_answered_in_order_to_a_client_that_reads_late(
+    state_dir: Path, clock: ManualClock, nursery: trio.Nursery
+) -> None:
+    # A small receive buffer and no reading for a while: the server's socket fills and its
+    # writes must wait (the path a fast write skips), and still nothing is lost or reordered.
+    harness = await start_control_plane(nursery, state_dir, clock)
+    host, port = harness.address.rsplit(":", 1)
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    stream = trio.SSLStream(trio.SocketStream(sock), harness.verified_context(), server_hostname=host)
+    await stream.do_handshake()
+    count = 200
+    bundle_request = b"GET /v1/bundle.pem HTTP/1.1\r\nhost: cp\r\n\r\n"
+    requests = b"".join(bundle_request if i % 2 else HEALTHZ for i in range(count))
+    await stream.send_all(requests)
+    await trio.sleep(1.0)
+    expected_bundle = harness.cp.issuer.ca.bundle().to_pem() if harness.cp.issuer else b""
+    with trio.fail_after(20):
+        for i in range(count):
+            head, body = await _read_response(stream)
+            assert head.startswith(b"HTTP/1.1 200 "), (i, head)
+            if i % 2:
+                assert body == expected_bundle, i
+            else:
+                assert json.loads(body) == {"status": "ok"}, i
+    await stream.aclose()
+    harness.cp.stop()

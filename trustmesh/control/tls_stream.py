@@ -69,6 +69,33 @@ class TlsStream(trio.abc.Stream):
         return self._sock.selected_alpn_protocol()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        data = self._coalesce(data)
+        if data:
+            await self.send_rest(data)
+
+    async def send_rest(self, data: bytes | bytearray | memoryview) -> None:
+        """Write `data` as it is (no head held back): the rest that `send_nowait` left."""
+        try:
+            await self._conn.send_all(data)
+        except ConnectionClosed as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+        """`send_all` without waiting: what is left unsent (empty when all of it went or is held).
+
+        What is left must go next, through `send_rest`, before anything else is sent.
+        """
+        data = self._coalesce(data)
+        if not data:
+            return b""
+        try:
+            sent = self._conn.send_nowait(data)
+        except ConnectionClosed as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        return memoryview(data)[sent:] if sent else data
+
+    def _coalesce(self, data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+        """What to write now: a final response head is held (returns empty) and goes with the next write."""
         if self._conn.closed:
             raise trio.ClosedResourceError("connection closed")
         if self._held:
@@ -76,11 +103,8 @@ class TlsStream(trio.abc.Stream):
             self._held = b""
         elif data[:9] == b"HTTP/1.1 " and data[9:10] != b"1":
             self._held = bytes(data)  # a final response head: see the module docstring
-            return
-        try:
-            await self._conn.send_all(data)
-        except ConnectionClosed as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
+            return b""
+        return data
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self._sock)

@@ -149,6 +149,19 @@ class Conn:
             self._ops = 0
             await trio.lowlevel.checkpoint()
 
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what can go without waiting; how many bytes went (0 if the socket would block).
+
+        For a caller that must not yield between deciding to send and sending (hypercorn's
+        send path, see control/api_connection.py); what is left goes through `send_all`.
+        """
+        try:
+            return self._write(data)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+        except (ssl.SSLError, OSError) as exc:
+            raise ConnectionClosed(str(exc)) from exc
+
     async def _send_rest(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         sock = self.sock
         write = self._write
