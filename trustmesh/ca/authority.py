@@ -47,6 +47,7 @@ injected clock; everything persisted in ca.json so `load` resumes mid-rotation):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import shutil
@@ -110,7 +111,14 @@ class IssuedX509Svid:
         return self.chain[0]
 
     def chain_pem(self) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
+        leaf, *signers = self.chain
+        return b"".join([leaf.public_bytes(serialization.Encoding.PEM), *map(_ca_pem, signers)])
+
+
+@functools.lru_cache(maxsize=8)
+def _ca_pem(cert: x509.Certificate) -> bytes:
+    """A signing CA's PEM, encoded once: it follows every leaf the CA signs in the chain it returns."""
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ class ControlPlane:
         app = ASGIWrapper(build_app(self.issuer, extra_routes))  # type: ignore[arg-type]  # ASGI typings differ
         config = Config()
         config.keep_alive_timeout = self.keep_alive_timeout.total_seconds()
+        config.include_server_header = False  # no software banner for scanners (and one header less)
         context = WorkerContext(None)
         tls = self.tls
 

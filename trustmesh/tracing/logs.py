@@ -78,7 +78,9 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto", *, stream: T
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # One write per event: PrintLogger's print() writes the line and its newline apart,
+        # two syscalls on a write-through stderr.
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 

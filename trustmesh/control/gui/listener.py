@@ -88,6 +88,7 @@ class GuiListener:
         gui_app = build_gui_app(self.sources, allowed_hosts=self.allowed_hosts())
         app = ASGIWrapper(gui_app)  # type: ignore[arg-type]  # ASGI typings differ
         config = Config()
+        config.include_server_header = False  # no software banner for scanners
         context = WorkerContext(None)
 
         async def handle(stream: trio.SocketStream) -> None:
