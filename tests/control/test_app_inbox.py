@@ -112,3 +112,32 @@ async def test_a_limit_below_one_still_lets_one_message_through(limit: int) -> N
     with trio.fail_after(5):
         await inbox.put(_body(1))
         assert await inbox.receive() == _body(1)
+
+
+async def test_a_receive_in_an_already_cancelled_scope_takes_nothing() -> None:
+    # Starlette's Request.is_disconnected peeks this way; the message must stay for the app.
+    inbox = AppInbox(limit=4)
+    await inbox.put(_body(1))
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await inbox.receive()
+    assert scope.cancelled_caught
+    assert await inbox.receive() == _body(1)
+
+
+async def test_two_tasks_waiting_to_receive_each_get_a_message() -> None:
+    # One request's app may listen for the disconnect in one task while another reads.
+    inbox = AppInbox(limit=4)
+    got: list[Any] = []
+
+    async def reader() -> None:
+        got.append(await inbox.receive())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await inbox.put(_body(1))
+            await inbox.put({"type": "http.disconnect"})
+    assert sorted(m["type"] for m in got) == ["http.disconnect", "http.request"]

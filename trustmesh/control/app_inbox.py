@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 from hypercorn.config import Config
@@ -25,58 +24,46 @@ from hypercorn.typing import AppWrapper, ASGIReceiveEvent, ASGISendEvent, Scope
 
 
 class AppInbox:
-    """One request's messages for its app; one reader (the app), one writer (the connection)."""
+    """One request's messages for its app, written by the connection's reader."""
 
-    __slots__ = ("_items", "_limit", "_receiver", "_sender", "done")
+    __slots__ = ("_items", "_limit", "_readers", "_writers", "done")
 
     def __init__(self, limit: int) -> None:
         self._items: deque[ASGIReceiveEvent] = deque()
         self._limit = max(limit, 1)
-        self._receiver: trio.lowlevel.Task | None = None  # the app, parked in `receive`
-        self._sender: trio.lowlevel.Task | None = None  # the connection, parked in `put`
+        self._readers = trio.lowlevel.ParkingLot()  # app tasks waiting in `receive`
+        self._writers = trio.lowlevel.ParkingLot()  # the reader, waiting for room in `put`
         self.done = False  # the app has returned
 
     async def put(self, message: ASGIReceiveEvent) -> None:
         """Queue a message; wait only while `limit` messages are already unread."""
+        # As a channel's send would: a cancelled caller queues nothing.
+        await trio.lowlevel.checkpoint_if_cancelled()
         while len(self._items) >= self._limit and not self.done:
-            self._sender = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort_sender)
+            await self._writers.park()
         if self.done:
             return
         self._items.append(message)
-        receiver = self._receiver
-        if receiver is not None:
-            self._receiver = None
-            trio.lowlevel.reschedule(receiver)
+        if self._readers:
+            self._readers.unpark()
 
     async def receive(self) -> ASGIReceiveEvent:
         """The next message, waiting for it only when none is queued."""
+        # As a channel's receive would: a cancelled caller takes nothing (Starlette's
+        # `is_disconnected` calls receive in an already-cancelled scope to peek).
+        await trio.lowlevel.checkpoint_if_cancelled()
         while not self._items:
-            self._receiver = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort_receiver)
+            await self._readers.park()
         message = self._items.popleft()
-        self._wake_sender()
+        if self._writers:
+            self._writers.unpark()
         return message
 
     def close(self) -> None:
         """The app has returned: drop what is queued and release a waiting writer."""
         self.done = True
         self._items.clear()
-        self._wake_sender()
-
-    def _wake_sender(self) -> None:
-        sender = self._sender
-        if sender is not None:
-            self._sender = None
-            trio.lowlevel.reschedule(sender)
-
-    def _abort_receiver(self, _: Any) -> trio.lowlevel.Abort:
-        self._receiver = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    def _abort_sender(self, _: Any) -> trio.lowlevel.Abort:
-        self._sender = None
-        return trio.lowlevel.Abort.SUCCEEDED
+        self._writers.unpark_all()
 
 
 async def _run_app(
