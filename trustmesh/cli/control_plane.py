@@ -148,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         store_url=args.store,
         gui=_gui(args),
         tracer=tracing.tracer if tracing is not None and tracing.enabled else None,
+        freeze_gc=True,
     )
     try:
         trio.run(_serve, control_plane)

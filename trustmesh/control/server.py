@@ -45,6 +45,7 @@ from trustmesh.control.stream import StreamHub, StreamSettings
 from trustmesh.control.tls import ServerTls
 from trustmesh.control.tls_stream import TlsStream
 from trustmesh.sidecar.tls import peer_chain_der
+from trustmesh.startup_gc import freeze_startup_objects
 from trustmesh.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ class ControlPlane:
     issuer: Issuer | None = field(default=None, init=False)
     tls: ServerTls | None = field(default=None, init=False)
     bound_port: int = field(default=0, init=False)
+    # Freeze start-up objects out of the cyclic GC once serving (startup_gc.py). The CLI
+    # turns it on; in-process tests leave it off (it would freeze the test runner too).
+    freeze_gc: bool = False
     _stop: trio.Event = field(default_factory=trio.Event, init=False)
 
     @property
@@ -188,6 +192,8 @@ class ControlPlane:
                 main.start_soon(self._rotation_loop)
                 log.info("control_plane_ready", listen=self.listen_address, state_dir=str(self.state_dir))
                 task_status.started(self.listen_address)
+                if self.freeze_gc:
+                    freeze_startup_objects()
                 await self._stop.wait()
                 main.cancel_scope.cancel()
             # Idle keep-alive connections close at once; busy ones get a grace period.
