@@ -25,7 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -81,6 +82,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@asynccontextmanager
+async def renew_client(address: str, state_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A workload freshly joined with a token of this CA: httpx on one kept-alive mTLS connection."""
+    ca = CertificateAuthority.load(state_dir, clock=SystemClock())
+    store = await open_store(state_dir)
+    try:
+        token = await Issuer(ca, store, SystemClock()).create_token(SpiffeId.parse(WORKLOAD), "bench")
+    finally:
+        await store.aclose()
+    svid = await join(address, token)
+    async with httpx.AsyncClient(
+        base_url=f"https://{address}",
+        verify=client_context(svid.bundle_pem, svid),
+        limits=httpx.Limits(max_connections=1),
+        timeout=30,
+    ) as client:
+        yield client
+
+
 Rate = tuple[float, float, int]  # (wall-clock rate, rate per CPU-second of the control plane, samples)
 
 
@@ -93,21 +113,9 @@ async def _renew_and_floor(
     address: str, state_dir: Path, seconds: float, pid: int, *, floor_seconds: float
 ) -> tuple[Rate, Rate | None]:
     """Renewals, then (if floor_seconds) `GET /healthz` on the same connection: the HTTP stack's own cost."""
-    ca = CertificateAuthority.load(state_dir, clock=SystemClock())
-    store = await open_store(state_dir)
-    try:
-        token = await Issuer(ca, store, SystemClock()).create_token(SpiffeId.parse(WORKLOAD), "bench")
-    finally:
-        await store.aclose()
-    svid = await join(address, token)
     bodies = [json.dumps({"csr": pem.decode()}).encode() for pem in _csr_pems(256)]
     headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(
-        base_url=f"https://{address}",
-        verify=client_context(svid.bundle_pem, svid),
-        limits=httpx.Limits(max_connections=1),
-        timeout=30,
-    ) as client:
+    async with renew_client(address, state_dir) as client:
         for body in bodies[:20]:  # warm up (and open the one connection)
             (await client.post("/v1/renew", content=body, headers=headers)).raise_for_status()
 

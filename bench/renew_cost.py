@@ -30,13 +30,12 @@ import httpx
 import trio
 from cryptography import x509
 
-from bench.ca_bench import WORKLOAD, _cpu_seconds, _csr_pems
+from bench.ca_bench import WORKLOAD, _cpu_seconds, _csr_pems, renew_client
 from bench.renew_ab import _start
 from trustmesh.ca import CertificateAuthority, check_csr
 from trustmesh.clock import SystemClock
 from trustmesh.control.app import PEER_CHAIN, build_app
 from trustmesh.control.issuer import Issuer
-from trustmesh.control.join_client import client_context, join
 from trustmesh.identity import SpiffeId
 from trustmesh.store import open_store
 from trustmesh.tracing.logs import configure_logging
@@ -45,22 +44,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 async def _over_https(address: str, state: Path, pid: int, seconds: float, rounds: int) -> dict[str, float]:
-    ca = CertificateAuthority.load(state, clock=SystemClock())
-    store = await open_store(state)
-    try:
-        token = await Issuer(ca, store, SystemClock()).create_token(SpiffeId.parse(WORKLOAD), "bench")
-    finally:
-        await store.aclose()
-    svid = await join(address, token)
     good = [json.dumps({"csr": pem.decode()}).encode() for pem in _csr_pems(64)]
     bad = json.dumps({"csr": "x" * 500}).encode()
     headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(
-        base_url=f"https://{address}",
-        verify=client_context(svid.bundle_pem, svid),
-        limits=httpx.Limits(max_connections=1),
-        timeout=30,
-    ) as client:
+    async with renew_client(address, state) as client:
         kinds: dict[str, Callable[[int], Awaitable[httpx.Response]]] = {
             "GET /healthz": lambda n: client.get("/healthz"),
             "POST /v1/renew, malformed CSR (400)": lambda n: client.post(
