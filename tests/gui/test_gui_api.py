@@ -69,6 +69,7 @@ async def test_json_endpoints_share_the_pages_data(mesh: SeededMesh) -> None:
             response = await http.get(path)
             assert response.status_code == 200, path
             assert "script-src 'self'" in response.headers["content-security-policy"]
+            assert "server" not in response.headers, path  # no software banner
         assert (await http.get("/")).headers["location"] == "/topology"
         assert (await http.get("/traces/not-a-trace")).status_code == 404
         assert (await http.get("/static/htmx.min.js")).status_code == 200
