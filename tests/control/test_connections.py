@@ -13,6 +13,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from trustmesh.clock import ManualClock
 from trustmesh.control.testing import ControlPlaneHarness, start_control_plane
@@ -139,10 +142,6 @@ async def test_a_request_body_sent_in_pieces_is_read_whole(
 ) -> None:
     # The app waits for each piece (the request's inbox is empty between them) and the
     # join succeeds only if every piece arrived, in order.
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     harness = await start_control_plane(nursery, state_dir, clock)
     key = ec.generate_private_key(ec.SECP256R1())
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
