@@ -292,7 +292,7 @@ def run(quick: bool = False, log_dir: Path | None = None, pin: bool = True) -> R
                 except _START_FAILURES as exc:
                     unavailable[name] = str(exc).strip()
                     _say(f"{name} leg unavailable: {unavailable[name]}")
-            collector = _Collector()
+            collector = Collector()
             try:
                 legs.append(topologies.start_trustmesh(
                     running, work, pki, backend, server_cpus or [], name=TRACED_LEG,
@@ -520,7 +520,7 @@ def markdown(run_: Run) -> str:
     return "\n".join(out) + "\n"
 
 
-class _Collector:
+class Collector:
     """A local OTLP/HTTP endpoint for the tracing leg: accepts `POST /v1/traces`, counts, discards."""
 
     def __init__(self) -> None:

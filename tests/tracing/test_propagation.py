@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
 from trustmesh.tracing.propagation import (
     REQUEST_ID_HEADER,
@@ -13,10 +14,12 @@ from trustmesh.tracing.propagation import (
     format_traceparent,
     format_tracestate,
     inject,
+    next_hop_fields,
     parse_b3_multi,
     parse_b3_single,
     parse_traceparent,
     parse_tracestate,
+    serialize_fields,
 )
 
 TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -232,3 +235,51 @@ def test_any_headers_yield_exactly_one_traceparent_and_request_id(headers: list[
     assert header(out, b"traceparent") == [b"00-%032x-%016x-01" % (TRACE, MY_SPAN)]
     assert header(out, REQUEST_ID_HEADER) == [incoming.request_id]
     assert [h for h in out if h[0] == b"a"] == [h for h in headers if h[0] == b"a"]
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(NAMES), st.binary(max_size=60)), max_size=8),
+    st.booleans(),
+    st.lists(st.sampled_from(["a", "b", "vendor"]), max_size=2, unique=True),
+)
+def test_next_hop_fields_are_the_injected_headers_serialized(
+    headers: list[tuple[bytes, bytes]], sampled: bool, state_keys: list[str]
+) -> None:
+    """The proxies' fast path writes exactly what `inject` would, whatever came in (W3C, B3, junk)."""
+    incoming = extract(headers)
+    span = SpanContext(
+        TRACE,
+        MY_SPAN,
+        is_remote=False,
+        trace_flags=TraceFlags(1 if sampled else 0),
+        trace_state=TraceState([(k, "1") for k in state_keys]) if state_keys else None,
+    )
+    assert next_hop_fields(incoming, span) == serialize_fields(inject([], incoming, span))
+
+
+def test_next_hop_fields_plain_w3c() -> None:
+    incoming = extract([(b"traceparent", TP), (b"x-request-id", b"abc")])
+    assert next_hop_fields(incoming, child(sampled=False)) == (
+        b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-00\r\nx-request-id: abc\r\n"
+    )
+
+
+B3_SINGLE = b"4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [(b"traceparent", TP), (b"tracestate", b"vendor=1")],
+        [(b"b3", B3_SINGLE)],
+        [(b"x-b3-traceid", b"%032x" % TRACE), (b"x-b3-spanid", b"%016x" % SPAN), (b"x-b3-sampled", b"1")],
+    ],
+    ids=["none", "w3c-with-state", "b3-single", "b3-multi"],
+)
+def test_next_hop_fields_answer_each_style_as_inject_does(headers: list[tuple[bytes, bytes]]) -> None:
+    incoming = extract(headers)
+    assert incoming.parent is not None or not headers
+    fields = next_hop_fields(incoming, child())
+    assert fields == serialize_fields(inject([], incoming, child()))
+    assert fields.startswith(b"traceparent: 00-")

@@ -141,8 +141,6 @@ class Telemetry:
             rid, strip, add = self._request_id(head)
             ex = Exchange("inbound", head, rid)
         else:
-            from trustmesh.tracing.propagation import TRACE_HEADERS, serialize_fields
-
             span = tracer.inbound(
                 head.headers,
                 method=head.method,
@@ -156,7 +154,7 @@ class Telemetry:
             span.__enter__()
             ex = Exchange("inbound", head, span.request_id)
             ex.span = span
-            strip, add = TRACE_HEADERS, serialize_fields(span.forward_headers([]))
+            strip, add = tracer.trace_headers, span.next_hop_fields()
         ex.peer = peer_spiffe_id
         return ex, strip, add
 
@@ -188,13 +186,11 @@ class Telemetry:
         if tracer is None:
             rid, strip, add = self._request_id(head)
             return Exchange("outbound", head, rid), strip, add
-        from trustmesh.tracing.propagation import TRACE_HEADERS
-
         request = tracer.outbound(head.headers, method=head.method, target=head.target, service=service)
         request.__enter__()
         ex = Exchange("outbound", head, request.request_id)
         ex.outbound = request
-        return ex, TRACE_HEADERS, b""
+        return ex, tracer.trace_headers, b""
 
     def attempt(
         self, ex: Exchange, *, host: str, port: int, peer_spiffe_id: str, attempt: int
@@ -206,13 +202,11 @@ class Telemetry:
         request = ex.outbound
         if request is None:
             return None, b""
-        from trustmesh.tracing.propagation import serialize_fields
-
         span = request.attempt(
             endpoint_address=host, endpoint_port=port, peer_spiffe_id=peer_spiffe_id, attempt=attempt
         )
         span.__enter__()
-        return span, serialize_fields(span.forward_headers([]))
+        return span, span.next_hop_fields()
 
     @staticmethod
     def end_attempt(span: RequestSpan | None, status: int, error_code: str | None = None) -> None:

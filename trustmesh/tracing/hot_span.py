@@ -16,14 +16,14 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -37,7 +37,9 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import Attributes, AttributeValue
 
-_UNSET: Final = Status(StatusCode.UNSET)
+from trustmesh.tracing.batch_append import span_sink
+
+UNSET_STATUS: Final = Status(StatusCode.UNSET)  # every span's status until set: `otlp_wire` knows it
 _EMPTY_STATE: Final = TraceState()
 # Root spans: sampled or not, and W3C level 2's "random trace id" bit (the SDK sets it too).
 _SAMPLED_RANDOM: Final = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
@@ -45,6 +47,7 @@ _UNSAMPLED_RANDOM: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _UNSAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 _getrandbits: Final = random.getrandbits
+_ID_LIMIT: Final = TraceIdRatioBased.TRACE_ID_LIMIT  # the low 64 bits a ratio sampler reads
 _time_ns: Final = time.time_ns
 
 
@@ -71,10 +74,10 @@ class HotSpan(ReadableSpan, Span):
         self._resource = recorder.resource
         self._instrumentation_scope = recorder.scope
         self._instrumentation_info = None
-        self._status = _UNSET
+        self._status = UNSET_STATUS
         self._start_time = _time_ns()
         self._end_time: int | None = None
-        self._processor = recorder.processor
+        self._sink = recorder.end
 
     # -- opentelemetry.trace.Span --------------------------------------------------------------
 
@@ -131,7 +134,7 @@ class HotSpan(ReadableSpan, Span):
         if self._end_time is not None:
             return
         self._end_time = end_time if end_time is not None else _time_ns()
-        self._processor.on_end(self)
+        self._sink(self)
 
     # ReadableSpan's `events` returns a tuple of `_events`: a list here, so that works unchanged.
     @property
@@ -142,12 +145,26 @@ class HotSpan(ReadableSpan, Span):
 class Recorder:
     """What starting a span needs from one SDK tracer: sampler, resource, scope, processors."""
 
-    __slots__ = ("_follow_parent", "processor", "resource", "sampler", "scope")
+    __slots__ = (
+        "_follow_parent",
+        "_on_start",
+        "_root_bound",
+        "end",
+        "processor",
+        "resource",
+        "sampler",
+        "scope",
+    )
 
     def __init__(
         self, processor: SpanProcessor, resource: Resource, sampler: Sampler, scope: InstrumentationScope
     ) -> None:
         self.processor = processor
+        # Where `HotSpan.end` puts the span (see batch_append). With the fast append, on_start
+        # is skipped too: the one processor is the BatchSpanProcessor, whose on_start does nothing.
+        fast = span_sink(processor)
+        self.end: Callable[[ReadableSpan], None] = fast or processor.on_end
+        self._on_start = None if fast is not None else processor.on_start
         self.resource = resource
         self.sampler = sampler
         self.scope = scope
@@ -159,6 +176,17 @@ class Recorder:
             and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
             and getattr(sampler, "_local_parent_not_sampled", None) is ALWAYS_OFF
         )
+        # New traces under that default: ALWAYS_ON, ALWAYS_OFF or a trace-id ratio root sampler
+        # decides from the trace id alone (the SDK's own rule, `trace_id & limit < bound`), so
+        # the root decision needs no `Context` and no `SamplingResult`. None: ask the sampler.
+        root = getattr(sampler, "_root", None) if self._follow_parent else None
+        self._root_bound: int | None = None
+        if root is ALWAYS_ON:
+            self._root_bound = _ID_LIMIT + 1
+        elif root is ALWAYS_OFF:
+            self._root_bound = 0
+        elif type(root) is TraceIdRatioBased:
+            self._root_bound = root.bound
 
     @classmethod
     def for_tracer(cls, tracer: trace.Tracer) -> Recorder | None:
@@ -179,7 +207,11 @@ class Recorder:
     ) -> Span:
         """Start a span (child of `parent`, or a new trace): a `HotSpan`, or non-recording if unsampled."""
         span_id = _getrandbits(64) or 1  # never the invalid id 0
-        if parent is not None and self._follow_parent:
+        if parent is None and self._root_bound is not None:
+            trace_id = _getrandbits(128) or 1
+            flags = _SAMPLED_RANDOM if trace_id & _ID_LIMIT < self._root_bound else _UNSAMPLED_RANDOM
+            context = SpanContext(trace_id, span_id, False, flags, _EMPTY_STATE)
+        elif parent is not None and self._follow_parent:
             flags = _SAMPLED if parent.trace_flags.sampled else _UNSAMPLED
             if parent.trace_flags.random_trace_id:
                 flags = TraceFlags(flags | TraceFlags.RANDOM_TRACE_ID)
@@ -199,5 +231,6 @@ class Recorder:
         if not context.trace_flags.sampled:
             return NonRecordingSpan(context)
         span = HotSpan(name, context, parent, kind, attributes, self)
-        self.processor.on_start(span, parent_context=None)  # type: ignore[arg-type]  # SDK types it as its own Span
+        if self._on_start is not None:
+            self._on_start(span, parent_context=None)  # type: ignore[arg-type]  # SDK types it as its own Span
         return span

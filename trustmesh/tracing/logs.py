@@ -2,9 +2,10 @@
 
 Configured once, at the edge (the CLI), and never from library code.
 
-Every event logged while an OpenTelemetry span is current carries `trace_id` and `span_id` (the
-`add_trace_context` processor reads the current span; `trustmesh.tracing.spans` makes the request's
-span current inside its `with`), so one trace id found in Jaeger finds the request's log lines.
+Every event logged while a span is current carries `trace_id` and `span_id` (the
+`add_trace_context` processor reads the sidecar's current request span from
+`trustmesh.tracing.current_span`, else OpenTelemetry's current span, as the control plane's are),
+so one trace id found in Jaeger finds the request's log lines.
 
 Records from stdlib `logging` (OpenTelemetry, hypercorn…) go through the same renderer, so stderr
 stays one JSON object per line.
@@ -18,6 +19,8 @@ from typing import Final, Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from trustmesh.tracing.current_span import current_span_context
 
 LogFormat = Literal["json", "console", "auto"]
 Direction = Literal["inbound", "outbound"]
@@ -37,15 +40,17 @@ def level_enabled(level: int) -> bool:
 
 
 def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: `trace_id`/`span_id` (W3C hex) of the current OTel span, if there is one.
+    """structlog processor: `trace_id`/`span_id` (W3C hex) of the current span, if there is one.
 
     OpenTelemetry is looked up, never imported, here: a sidecar with tracing disabled does not
     load it at all (memory, start-up), and then no span can be current anyway.
     """
-    trace = sys.modules.get("opentelemetry.trace")
-    if trace is None:
-        return event_dict
-    ctx = trace.get_current_span().get_span_context()
+    ctx = current_span_context.get()  # a sidecar request span (see current_span)
+    if ctx is None:
+        trace = sys.modules.get("opentelemetry.trace")
+        if trace is None:
+            return event_dict
+        ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         event_dict.setdefault("trace_id", f"{ctx.trace_id:032x}")
         event_dict.setdefault("span_id", f"{ctx.span_id:016x}")

@@ -27,6 +27,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 
+from trustmesh.tracing.hot_span import UNSET_STATUS as _UNSET_STATUS
+from trustmesh.tracing.hot_span import HotSpan
+
 _pack_q: Final = struct.Struct("<Q").pack
 _pack_d: Final = struct.Struct("<d").pack
 _pack_i: Final = struct.Struct("<I").pack
@@ -51,10 +54,15 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+# Varints of 0..16383, by value: almost every length in a span is below 16 KiB, and a list
+# look-up is several times cheaper than building the bytes.
+_VARINTS: Final = [_varint(n) for n in range(0x4000)]
+
+
 def _ld(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: tag, length, payload."""
     n = len(payload)
-    return tag + (bytes((n,)) if n < 0x80 else _varint(n)) + payload
+    return tag + (_VARINTS[n] if n < 0x4000 else _varint(n)) + payload
 
 
 def _any_value(value: Any) -> bytes:
@@ -128,8 +136,49 @@ def _trace_state(tag: bytes, context: SpanContext) -> bytes:
     return _ld(tag, ",".join([f"{k}={v}" for k, v in state.items()]).encode("utf-8"))
 
 
+def _encode_hot_span(span: HotSpan) -> bytes:
+    """`encode_span` for the sidecar's `HotSpan`: its fields read directly, and what it never has
+    (dropped counts, links, a bounded attribute mapping) not looked for. Same bytes."""
+    ctx = span._context
+    assert ctx is not None  # set in HotSpan.__init__
+    parent = span._parent
+    status = span._status
+    parts = [
+        b"\x0a\x10",
+        ctx.trace_id.to_bytes(16, "big"),
+        b"\x12\x08",
+        ctx.span_id.to_bytes(8, "big"),
+        _trace_state(b"\x1a", ctx) if ctx.trace_state else b"",
+        b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent is not None else b"",
+        _ld(b"\x2a", span._name.encode("utf-8")) if span._name else b"",
+        _KIND[span._kind],
+        b"\x39" + _pack_q(span._start_time) if span._start_time else b"",
+        b"\x41" + _pack_q(span._end_time) if span._end_time else b"",
+        _attributes(b"\x4a", span._attributes),
+    ]
+    for event in span._events:
+        body = b"\x09" + _pack_q(event.timestamp) + _ld(b"\x12", event.name.encode("utf-8"))
+        body += _attributes(b"\x1a", event.attributes)
+        if event.dropped_attributes:
+            body += b"\x20" + _varint(event.dropped_attributes)
+        parts.append(_ld(b"\x5a", body))
+    if status is _UNSET_STATUS:
+        parts.append(b"\x7a\x00")
+    else:
+        body = b""
+        if status.description:
+            body += _ld(b"\x12", status.description.encode("utf-8"))
+        if status.status_code.value:
+            body += b"\x18" + _varint(status.status_code.value)
+        parts.append(_ld(b"\x7a", body))
+    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+    return b"".join(parts)
+
+
 def encode_span(span: ReadableSpan) -> bytes:
     """One `Span` message (without its own tag and length)."""
+    if type(span) is HotSpan:
+        return _encode_hot_span(span)
     ctx = span.context
     assert ctx is not None
     parent = span.parent
@@ -207,8 +256,10 @@ def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
     """A serialized `ExportTraceServiceRequest` carrying `spans`, grouped by resource and scope."""
     groups: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]] = {}
     for span in spans:
-        resource = span.resource
-        scope = span.instrumentation_scope or None
+        if type(span) is HotSpan:  # its fields directly: the properties cost more than the look-ups
+            resource, scope = span._resource, span._instrumentation_scope or None
+        else:
+            resource, scope = span.resource, span.instrumentation_scope or None
         by_scope = groups.get(id(resource))
         if by_scope is None:
             by_scope = groups[id(resource)] = (resource, {})

@@ -10,8 +10,9 @@ Shape of one request app A -> sidecar A (outbound) -> sidecar B (inbound) -> app
 When app A sent no trace context, sidecar A starts the trace with an INTERNAL span
 "GET {service}" covering all attempts, so the attempts share one trace.
 
-Every span is entered with `with`: while inside, it is the current OTel span, so structlog events
-carry its `trace_id`/`span_id` (see `trustmesh.tracing.logs`). Cost when tracing is off or the
+Every span is entered with `with`: while inside, it is the current span (`current_span`, a
+contextvar of our own: OTel's context costs a dict copy per span), so structlog events carry its
+`trace_id`/`span_id` (see `trustmesh.tracing.logs`). Cost when tracing is off or the
 request is not sampled: no attributes are built beyond one small dict, nothing is queued.
 """
 
@@ -22,9 +23,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Final, Literal
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.trace import (
     INVALID_SPAN,
     NonRecordingSpan,
@@ -36,8 +35,16 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from trustmesh.tracing.current_span import enter_span, leave_span
 from trustmesh.tracing.hot_span import Recorder
-from trustmesh.tracing.propagation import Headers, IncomingContext, extract, inject
+from trustmesh.tracing.propagation import (
+    TRACE_HEADERS,
+    Headers,
+    IncomingContext,
+    extract,
+    inject,
+    next_hop_fields,
+)
 
 # Attribute keys: OpenTelemetry HTTP semantic conventions (stable, v1.23+) and our own.
 HTTP_METHOD: Final = "http.request.method"
@@ -115,7 +122,7 @@ class RequestSpan:
         self._finished = False
 
     def __enter__(self) -> RequestSpan:
-        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        self._token = enter_span(self.span.get_span_context())
         return self
 
     def __exit__(
@@ -127,7 +134,7 @@ class RequestSpan:
             if isinstance(exc, Exception):  # not trio.Cancelled & co: those are not failures of this span
                 self.span.record_exception(exc)
         if self._token is not None:
-            otel_context.detach(self._token)  # type: ignore[arg-type]  # attach() returned it
+            leave_span(self._token)  # type: ignore[arg-type]  # enter_span() returned it
             self._token = None
         self.span.end()
 
@@ -140,6 +147,10 @@ class RequestSpan:
     def forward_headers(self, headers: Headers) -> Headers:
         """The request headers for the next hop: `traceparent` names this span; x-request-id kept/added."""
         return inject(headers, self.incoming, self.span.get_span_context())
+
+    def next_hop_fields(self) -> bytes:
+        """`forward_headers([])` as head bytes (`name: value` lines), for a proxy writing its own head."""
+        return next_hop_fields(self.incoming, self.span.get_span_context())
 
     def set_policy(
         self,
@@ -205,7 +216,6 @@ class OutboundRequest:
     __slots__ = (
         "_method",
         "_off",
-        "_parent",
         "_parent_span",
         "_path",
         "_recorder",
@@ -226,6 +236,7 @@ class OutboundRequest:
         target: bytes,
         service: str,
         recorder: Recorder | None = None,
+        off: bool | None = None,
     ) -> None:
         self._tracer = tracer
         self._recorder = recorder
@@ -236,7 +247,8 @@ class OutboundRequest:
         self._service = service
         self._token: object | None = None
         self._root: RequestSpan | None = None
-        self._off = isinstance(tracer, trace.NoOpTracer)
+        # `off` from the MeshTracer that knows it: an isinstance against OTel's ABCs per request costs.
+        self._off = isinstance(tracer, trace.NoOpTracer) if off is None else off
         # The attempts' parent: the app's span, or the INTERNAL root below.
         self._parent_span: SpanContext | None = incoming.parent
         if self._parent_span is None and not self._off:
@@ -253,23 +265,18 @@ class OutboundRequest:
                 span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
             self._root = RequestSpan(span, SpanKind.INTERNAL, incoming)
             self._parent_span = span.get_span_context()
-        # Made current on __enter__, so log events between attempts carry the trace id.
-        self._parent: Context | None = (
-            trace.set_span_in_context(NonRecordingSpan(self._parent_span))
-            if self._parent_span is not None
-            else None
-        )
 
     def __enter__(self) -> OutboundRequest:
-        if self._parent is not None:
-            self._token = otel_context.attach(self._parent)
+        # Current from here, so log events between attempts carry the trace id.
+        if self._parent_span is not None:
+            self._token = enter_span(self._parent_span)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._token is not None:
-            otel_context.detach(self._token)  # type: ignore[arg-type]  # attach() returned it
+            leave_span(self._token)  # type: ignore[arg-type]  # enter_span() returned it
             self._token = None
         if self._root is not None:
             self._root.__exit__(exc_type, exc, tb)
@@ -314,7 +321,12 @@ class OutboundRequest:
         if self._recorder is not None:
             span = self._recorder.start(name, self._parent_span, kind, attributes)
         else:
-            span = self._tracer.start_span(name, context=self._parent, kind=kind, attributes=attributes)
+            parent = (
+                trace.set_span_in_context(NonRecordingSpan(self._parent_span))
+                if self._parent_span is not None
+                else None
+            )
+            span = self._tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
         return RequestSpan(span, kind, self.incoming)
 
     def finish(self, status: int, *, error_code: str | None = None) -> None:
@@ -333,6 +345,8 @@ class MeshTracer:
         self._off = isinstance(tracer, trace.NoOpTracer)
         # The SDK's tracer: request spans skip its general-purpose start_span (see hot_span).
         self._recorder = None if self._off else Recorder.for_tracer(tracer)
+        # The fields a proxy strips from a head when it adds `next_hop_fields`.
+        self.trace_headers = TRACE_HEADERS
 
     def inbound(
         self,
@@ -388,6 +402,7 @@ class MeshTracer:
             target=target,
             service=service,
             recorder=self._recorder,
+            off=self._off,
         )
 
 
