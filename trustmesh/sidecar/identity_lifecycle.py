@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from trustmesh.ca.join_token import JoinToken
-from trustmesh.clock import Clock
+from trustmesh.clock import Clock, SystemClock
 from trustmesh.control.join_client import Svid
 from trustmesh.identity.bundle import TrustBundle
 from trustmesh.identity.errors import SvidError
@@ -210,6 +211,11 @@ class IdentityLifecycle:
         self._backoff_cap = backoff_cap
         self._build_contexts = context_builder
         self._info: SvidInfo | None = None
+        # `_info`'s validity window as POSIX seconds, for `serving()` on every request: with the
+        # system clock that is a float comparison against time.time() instead of building an
+        # aware datetime (2% of the inbound sidecar's CPU in py-spy). Injected clocks keep now().
+        self._window: tuple[float, float] = (0.0, 0.0)
+        self._system_clock = type(clock) is SystemClock
         self._svid: Svid | None = None  # key, chain and bundle, as join_client presents them
         self._bundle: TrustBundle | None = None
         self._bundle_pem = b""
@@ -245,8 +251,11 @@ class IdentityLifecycle:
 
     def serving(self) -> bool:
         """True while we hold an SVID inside its validity window: the fail-closed switch."""
-        info = self._info
-        return info is not None and info.not_before <= self._clock.now() < info.not_after
+        if self._info is None:
+            return False
+        start, end = self._window
+        now = time.time() if self._system_clock else self._clock.now().timestamp()
+        return start <= now < end
 
     def not_serving_reason(self) -> str:
         """Why `serving()` is False, as `/ready` shows it (one short phrase)."""
@@ -499,6 +508,7 @@ class IdentityLifecycle:
         self._svid = Svid(
             str(spiffe_id), svid_files.chain_pem(chain), key, bundle_pem, leaf.not_valid_after_utc
         )
+        self._window = (info.not_before.timestamp(), info.not_after.timestamp())
         self._info = info
         self._needs_join_token = False
         self._renew_at = renewal_time(self._clock.now(), info.not_after, self._rng)
