@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -292,7 +293,7 @@ def run(quick: bool = False, log_dir: Path | None = None, pin: bool = True) -> R
                 except _START_FAILURES as exc:
                     unavailable[name] = str(exc).strip()
                     _say(f"{name} leg unavailable: {unavailable[name]}")
-            collector = Collector()
+            collector = Collector(client_cpus)
             try:
                 legs.append(topologies.start_trustmesh(
                     running, work, pki, backend, server_cpus or [], name=TRACED_LEG,
@@ -521,15 +522,23 @@ def markdown(run_: Run) -> str:
 
 
 class Collector:
-    """A local OTLP/HTTP endpoint for the tracing leg: accepts `POST /v1/traces`, counts, discards."""
+    """A local OTLP/HTTP endpoint for the tracing leg: accepts `POST /v1/traces`, counts, discards.
 
-    def __init__(self) -> None:
+    Its threads run on `cpu_list` (the load generators' CPUs): pinning the harness process
+    later moves only its main thread, and a collector thread left on the proxies' CPU would
+    be counted against the traced sidecars. Connections are kept alive (HTTP/1.1), as a real
+    collector keeps them, so an export is one POST on an open connection.
+    """
+
+    def __init__(self, cpu_list: Sequence[int] | None = None) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         collector = self
         self.received_bytes = 0  # a sign of life
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, format: str, *args: object) -> None:
                 return
 
@@ -543,7 +552,13 @@ class Collector:
         self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
         self._server.daemon_threads = True
         self.endpoint = f"http://{LOOPBACK}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp", daemon=True)
+
+        def serve() -> None:
+            if cpu_list:  # inherited by the per-connection threads the server starts
+                procs.set_affinity(cpu_list)
+            self._server.serve_forever()
+
+        self._thread = threading.Thread(target=serve, name="otlp", daemon=True)
         self._thread.start()
 
     def close(self) -> None:

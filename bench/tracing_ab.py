@@ -33,7 +33,7 @@ def main() -> None:
     seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     allowed = procs.cpus()
     client, server = (allowed[:1], allowed[1:]) if len(allowed) > 1 else (allowed, allowed)
-    collector = Collector()
+    collector = Collector(client)
     traced = ["--otlp-endpoint", collector.endpoint, "--trace-sample-ratio", "1.0"]
     try:
         with tempfile.TemporaryDirectory(prefix="trustmesh-tracing-ab-") as tmp:
