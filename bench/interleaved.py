@@ -8,13 +8,67 @@ verdict is the median over rounds. Used by `floor_compare` and `sidecar_ab`.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from bench import procs, sidecar_bench, topologies
+from bench.certs import Pki, make_pki
+from bench.renew_ab import _checkout
 from bench.topologies import Leg
 
 # Per leg, per round: (requests/s, CPU µs per request of each proxy, client first).
 Results = dict[str, list[tuple[float, list[float]]]]
+
+
+def ab_arguments(usage: str | None) -> tuple[str, int, int]:
+    """`REV [rounds] [seconds]` from the command line, as `sidecar_ab` and `tracing_ab` take them."""
+    if len(sys.argv) < 2:
+        raise SystemExit(usage)
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    return sys.argv[1], rounds, seconds
+
+
+def cpu_split() -> tuple[list[int], list[int]]:
+    """(load generator CPUs, proxy CPUs): the first CPU and the rest, as `make bench` pins them."""
+    allowed = procs.cpus()
+    return (allowed[:1], allowed[1:]) if len(allowed) > 1 else (allowed, allowed)
+
+
+@dataclass
+class AbSetup:
+    """What an A/B benchmark runs in: nginx started, a PKI, REV checked out into `other`."""
+
+    running: procs.Processes
+    work: Path
+    pki: Pki
+    backend: int
+    other: Path
+    server: list[int]
+
+    def trustmesh(self, name: str, *, rev_tree: bool = False, sidecar_args: Sequence[str] = ()) -> Leg:
+        """A control plane and sidecar pair from this tree, or (`rev_tree`) from REV's."""
+        return topologies.start_trustmesh(
+            self.running, self.work, self.pki, self.backend, self.server,
+            name=name, tree=self.other if rev_tree else None, sidecar_args=sidecar_args,
+        )  # fmt: skip
+
+
+@contextmanager
+def ab_setup(rev: str, server: list[int], prefix: str) -> Iterator[AbSetup]:
+    """A temporary directory, REV's tree, nginx on the `server` CPUs; everything stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = topologies.make_work_dir(Path(tmp))
+        other = work / "tree"
+        _checkout(rev, other)
+        with procs.Processes(work) as running:
+            pki = make_pki(work / "pki", topologies.HARNESS_LEAVES)
+            backend = topologies.start_nginx(running, work, 1 << 20, server)
+            yield AbSetup(running, work, pki, backend, other, server)
 
 
 def measure_pinned(legs: Sequence[Leg], rounds: int, seconds: int, client: list[int]) -> Results:

@@ -12,36 +12,19 @@ every hot-path change in docs/sidecar-design.md was judged. Stops what it starts
 
 from __future__ import annotations
 
-import sys
-import tempfile
-from pathlib import Path
-
-from bench import interleaved, procs, topologies
-from bench.certs import make_pki
-from bench.renew_ab import _checkout
+from bench import interleaved, topologies
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    rev = sys.argv[1]
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 4
-    seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-    allowed = procs.cpus()
-    client, server = (allowed[:1], allowed[1:]) if len(allowed) > 1 else (allowed, allowed)
-    with tempfile.TemporaryDirectory(prefix="trustmesh-sidecar-ab-") as tmp:
-        work = topologies.make_work_dir(Path(tmp))
-        other = work / "tree"
-        _checkout(rev, other)
-        with procs.Processes(work) as running:
-            pki = make_pki(work / "pki", topologies.HARNESS_LEAVES)
-            backend = topologies.start_nginx(running, work, 1 << 20, server)
-            legs = [
-                topologies.start_stunnel(running, work, pki, backend, server),
-                topologies.start_trustmesh(running, work, pki, backend, server, name=rev[:12], tree=other),
-                topologies.start_trustmesh(running, work, pki, backend, server, name="working-tree"),
-            ]
-            results = interleaved.measure_pinned(legs, rounds, seconds, client)
+    rev, rounds, seconds = interleaved.ab_arguments(__doc__)
+    client, server = interleaved.cpu_split()
+    with interleaved.ab_setup(rev, server, "trustmesh-sidecar-ab-") as ab:
+        legs = [
+            topologies.start_stunnel(ab.running, ab.work, ab.pki, ab.backend, server),
+            ab.trustmesh(rev[:12], rev_tree=True),
+            ab.trustmesh("working-tree"),
+        ]
+        results = interleaved.measure_pinned(legs, rounds, seconds, client)
     interleaved.print_medians(results, rounds, seconds)
 
 

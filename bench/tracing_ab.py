@@ -13,53 +13,25 @@ changes in docs/observability.md were judged. Stops what it starts.
 
 from __future__ import annotations
 
-import sys
-import tempfile
-from pathlib import Path
-
-from bench import interleaved, procs, topologies
-from bench.certs import make_pki
-from bench.renew_ab import _checkout
+from bench import interleaved
 from bench.sidecar_bench import Collector
 
 UNTRACED = "untraced"
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    rev = sys.argv[1]
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 4
-    seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-    allowed = procs.cpus()
-    client, server = (allowed[:1], allowed[1:]) if len(allowed) > 1 else (allowed, allowed)
+    rev, rounds, seconds = interleaved.ab_arguments(__doc__)
+    client, server = interleaved.cpu_split()
     collector = Collector(client)
     traced = ["--otlp-endpoint", collector.endpoint, "--trace-sample-ratio", "1.0"]
     try:
-        with tempfile.TemporaryDirectory(prefix="trustmesh-tracing-ab-") as tmp:
-            work = topologies.make_work_dir(Path(tmp))
-            other = work / "tree"
-            _checkout(rev, other)
-            with procs.Processes(work) as running:
-                pki = make_pki(work / "pki", topologies.HARNESS_LEAVES)
-                backend = topologies.start_nginx(running, work, 1 << 20, server)
-                legs = [
-                    topologies.start_trustmesh(running, work, pki, backend, server, name=UNTRACED),
-                    topologies.start_trustmesh(
-                        running,
-                        work,
-                        pki,
-                        backend,
-                        server,
-                        name=f"{rev[:8]}-traced",
-                        tree=other,
-                        sidecar_args=traced,
-                    ),
-                    topologies.start_trustmesh(
-                        running, work, pki, backend, server, name="tree-traced", sidecar_args=traced
-                    ),
-                ]
-                results = interleaved.measure_pinned(legs, rounds, seconds, client)
+        with interleaved.ab_setup(rev, server, "trustmesh-tracing-ab-") as ab:
+            legs = [
+                ab.trustmesh(UNTRACED),
+                ab.trustmesh(f"{rev[:8]}-traced", rev_tree=True, sidecar_args=traced),
+                ab.trustmesh("tree-traced", sidecar_args=traced),
+            ]
+            results = interleaved.measure_pinned(legs, rounds, seconds, client)
     finally:
         collector.close()
     if not collector.received_bytes:

@@ -23,9 +23,9 @@ from opentelemetry.exporter.otlp.proto.common._internal import (
     _encode_resource,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import SpanContext, SpanKind, Status
 
 from trustmesh.tracing.hot_span import UNSET_STATUS as _UNSET_STATUS
 from trustmesh.tracing.hot_span import HotSpan
@@ -136,6 +136,32 @@ def _trace_state(tag: bytes, context: SpanContext) -> bytes:
     return _ld(tag, ",".join([f"{k}={v}" for k, v in state.items()]).encode("utf-8"))
 
 
+def _ids(ctx: SpanContext) -> bytes:
+    """Fields 1 and 2 of a `Span` and of a `Link` alike: trace_id (16 bytes), span_id (8 bytes)."""
+    return b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big") + b"\x12\x08" + ctx.span_id.to_bytes(8, "big")
+
+
+def _event_field(event: Event) -> bytes:
+    """Span.events: one `Event` field."""
+    body = b"\x09" + _pack_q(event.timestamp) + _ld(b"\x12", event.name.encode("utf-8"))
+    body += _attributes(b"\x1a", event.attributes)
+    if event.dropped_attributes:
+        body += b"\x20" + _varint(event.dropped_attributes)
+    return _ld(b"\x5a", body)
+
+
+def _status_field(status: Status) -> bytes:
+    """Span.status (always present, as the reference encoder writes it)."""
+    if status is _UNSET_STATUS:  # nearly every span: no description, code 0, an empty message
+        return b"\x7a\x00"
+    body = b""
+    if status.description:
+        body += _ld(b"\x12", status.description.encode("utf-8"))
+    if status.status_code.value:
+        body += b"\x18" + _varint(status.status_code.value)
+    return _ld(b"\x7a", body)
+
+
 def _encode_hot_span(span: HotSpan) -> bytes:
     """`encode_span` for the sidecar's `HotSpan`: its fields read directly, and what it never has
     (dropped counts, links, a bounded attribute mapping) not looked for. Same bytes."""
@@ -144,10 +170,7 @@ def _encode_hot_span(span: HotSpan) -> bytes:
     parent = span._parent
     status = span._status
     parts = [
-        b"\x0a\x10",
-        ctx.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        ctx.span_id.to_bytes(8, "big"),
+        _ids(ctx),
         _trace_state(b"\x1a", ctx) if ctx.trace_state else b"",
         b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent is not None else b"",
         _ld(b"\x2a", span._name.encode("utf-8")) if span._name else b"",
@@ -156,21 +179,8 @@ def _encode_hot_span(span: HotSpan) -> bytes:
         b"\x41" + _pack_q(span._end_time) if span._end_time else b"",
         _attributes(b"\x4a", span._attributes),
     ]
-    for event in span._events:
-        body = b"\x09" + _pack_q(event.timestamp) + _ld(b"\x12", event.name.encode("utf-8"))
-        body += _attributes(b"\x1a", event.attributes)
-        if event.dropped_attributes:
-            body += b"\x20" + _varint(event.dropped_attributes)
-        parts.append(_ld(b"\x5a", body))
-    if status is _UNSET_STATUS:
-        parts.append(b"\x7a\x00")
-    else:
-        body = b""
-        if status.description:
-            body += _ld(b"\x12", status.description.encode("utf-8"))
-        if status.status_code.value:
-            body += b"\x18" + _varint(status.status_code.value)
-        parts.append(_ld(b"\x7a", body))
+    parts += [_event_field(event) for event in span._events]
+    parts.append(_status_field(status))
     parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
@@ -182,13 +192,7 @@ def encode_span(span: ReadableSpan) -> bytes:
     ctx = span.context
     assert ctx is not None
     parent = span.parent
-    parts = [
-        b"\x0a\x10",
-        ctx.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        ctx.span_id.to_bytes(8, "big"),
-        _trace_state(b"\x1a", ctx),
-    ]
+    parts = [_ids(ctx), _trace_state(b"\x1a", ctx)]
     if parent is not None:
         parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
     if span.name:
@@ -201,17 +205,12 @@ def encode_span(span: ReadableSpan) -> bytes:
     parts.append(_attributes(b"\x4a", span.attributes))
     if span.dropped_attributes:
         parts += (b"\x50", _varint(span.dropped_attributes))
-    for event in span.events:
-        body = b"\x09" + _pack_q(event.timestamp) + _ld(b"\x12", event.name.encode("utf-8"))
-        body += _attributes(b"\x1a", event.attributes)
-        if event.dropped_attributes:
-            body += b"\x20" + _varint(event.dropped_attributes)
-        parts.append(_ld(b"\x5a", body))
+    parts += [_event_field(event) for event in span.events]
     if span.dropped_events:
         parts += (b"\x60", _varint(span.dropped_events))
     for link in span.links:
         lctx = link.context
-        body = b"\x0a\x10" + lctx.trace_id.to_bytes(16, "big") + b"\x12\x08" + lctx.span_id.to_bytes(8, "big")
+        body = _ids(lctx)
         body += _attributes(b"\x22", link.attributes)
         if link.dropped_attributes:
             body += b"\x28" + _varint(link.dropped_attributes)
@@ -219,14 +218,8 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts.append(_ld(b"\x6a", body))
     if span.dropped_links:
         parts += (b"\x70", _varint(span.dropped_links))
-    status = span.status
-    if status is not None:
-        body = b""
-        if status.description:
-            body += _ld(b"\x12", status.description.encode("utf-8"))
-        if status.status_code.value:
-            body += b"\x18" + _varint(status.status_code.value)
-        parts.append(_ld(b"\x7a", body))
+    if span.status is not None:
+        parts.append(_status_field(span.status))
     parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
