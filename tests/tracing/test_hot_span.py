@@ -6,6 +6,8 @@ decision, the protobuf the reference encoder writes, and where ended spans go.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Sequence
 
@@ -149,12 +151,15 @@ def test_a_processor_added_later_sees_every_span_after_it() -> None:
     assert [s.name for s in memory.get_finished_spans()] == ["after"]
 
 
-def test_after_shutdown_spans_are_refused_as_the_sdk_refuses_them() -> None:
+def test_after_shutdown_spans_are_refused_as_the_sdk_refuses_them(caplog: pytest.LogCaptureFixture) -> None:
     tracing, captured = _tracing()
     recorder = Recorder.for_tracer(tracing.tracer)
     assert recorder is not None
     tracing.shutdown()
-    recorder.start("late", None, SpanKind.SERVER, {}).end()  # no error, nothing exported
+    with caplog.at_level(logging.INFO, logger="opentelemetry.sdk._shared_internal"):
+        recorder.start("late", None, SpanKind.SERVER, {}).end()  # no error, nothing exported
+    # The span went the SDK's way (its shutdown check), not onto a queue nobody drains.
+    assert any("Shutdown called, ignoring" in r.getMessage() for r in caplog.records), caplog.records
     assert captured.spans == []
 
 
@@ -166,3 +171,27 @@ def test_no_fast_sink_without_exactly_one_batch_processor() -> None:
     assert recorder is not None
     assert span_sink(recorder.processor) is None
     tracing.shutdown()
+
+
+def test_a_full_queue_drops_as_the_sdk_does(caplog: pytest.LogCaptureFixture) -> None:
+    """The export thread stuck on a slow collector: the queue fills, and the SDK's path drops and says so."""
+    release = threading.Event()
+
+    class Stuck(Captured):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            release.wait(10)
+            return super().export(spans)
+
+    stuck = Stuck()
+    options = TracingOptions(service_name="web", sample_ratio=1.0, max_queue_size=4)
+    tracing = setup_tracing(options, env={}, exporter=stuck)
+    recorder = Recorder.for_tracer(tracing.tracer)
+    assert recorder is not None
+    with caplog.at_level(logging.WARNING, logger="opentelemetry.sdk._shared_internal"):
+        for _ in range(20):  # the worker takes at most one batch of 4, then waits in export
+            recorder.start("GET", None, SpanKind.SERVER, {}).end()
+    release.set()
+    tracing.shutdown()
+    # The SDK logs the first drop (its logger filters repeats); a silent deque would log none.
+    assert any("Queue full" in r.getMessage() for r in caplog.records)
+    assert len(stuck.spans) <= 8  # 12 or more of the 20 were dropped, none queued past the bound
