@@ -77,7 +77,7 @@ class HotSpan(ReadableSpan, Span):
         self._status = UNSET_STATUS
         self._start_time = _time_ns()
         self._end_time: int | None = None
-        self._sink = recorder.end
+        self._sink = recorder.ended
 
     # -- opentelemetry.trace.Span --------------------------------------------------------------
 
@@ -149,7 +149,7 @@ class Recorder:
         "_follow_parent",
         "_on_start",
         "_root_bound",
-        "end",
+        "ended",
         "processor",
         "resource",
         "sampler",
@@ -160,10 +160,10 @@ class Recorder:
         self, processor: SpanProcessor, resource: Resource, sampler: Sampler, scope: InstrumentationScope
     ) -> None:
         self.processor = processor
-        # Where `HotSpan.end` puts the span (see batch_append). With the fast append, on_start
+        # `ended`: where `HotSpan.end` puts the span (see batch_append). With the fast append, on_start
         # is skipped too: the one processor is the BatchSpanProcessor, whose on_start does nothing.
         fast = span_sink(processor)
-        self.end: Callable[[ReadableSpan], None] = fast or processor.on_end
+        self.ended: Callable[[ReadableSpan], None] = fast or processor.on_end
         self._on_start = None if fast is not None else processor.on_start
         self.resource = resource
         self.sampler = sampler
