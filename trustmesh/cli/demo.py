@@ -20,6 +20,7 @@ behind, so a second `make demo` needs no cleanup; each run uses its own director
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -102,6 +103,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports, all held until every one is chosen.
+
+    `free_port()` called in a row can return a port it returned a moment ago (the socket was
+    closed, so the kernel may pick it again): the demo once gave two apps the same port, and
+    one of them never started.
+    """
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind((LOOPBACK, 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def port_is_free(port: int) -> bool:
@@ -255,10 +272,11 @@ async def step_control_plane(run: DemoRun) -> None:
 
 
 def plan_ports(run: DemoRun) -> None:
+    ports = iter(free_ports(sum(3 + len(calls) for calls in CALLS.values())))
     for name, calls in CALLS.items():
-        service = Service(name, free_port(), free_port(), free_port())
+        service = Service(name, next(ports), next(ports), next(ports))
         for target, _ in calls:
-            service.outbound_ports[target] = free_port()
+            service.outbound_ports[target] = next(ports)
         run.services[name] = service
 
 
