@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from trustmesh.loopback_ports import free_port as free_port
+
 # How long a process gets to exit after SIGTERM before it is killed. Sidecars drain
 # in-flight requests on SIGTERM; the benchmark has none left when it stops them.
 STOP_GRACE_S = 5.0
@@ -35,13 +37,6 @@ def cpus() -> list[int]:
 def set_affinity(cpu_list: Sequence[int]) -> None:
     """Move this process (the in-process load generators) onto `cpu_list`."""
     os.sched_setaffinity(0, set(cpu_list))
-
-
-def free_port() -> int:
-    """An unused loopback TCP port (the kernel picks; a tiny race with other programs is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pinned(cmd: Sequence[str], cpu_list: Sequence[int] | None) -> list[str]:

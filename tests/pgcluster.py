@@ -31,7 +31,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -41,6 +40,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+from trustmesh.loopback_ports import free_port
 
 # The role the tests (and the store) log in as. Not a superuser: the store must work with an
 # ordinary owner role, as it would against a managed database.
@@ -78,13 +79,6 @@ def find_bin_dir() -> Path:
         "install Debian's `postgresql` package (`bash scripts/ci-system-deps.sh` as root does it), "
         "or point TRUSTMESH_PG_BIN at a bin directory"
     )
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (the caller retries if it is taken)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

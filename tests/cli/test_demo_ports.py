@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from trustmesh.cli.demo import DemoRun, free_ports, plan_ports
+from trustmesh.cli.demo import DemoRun, plan_ports
+from trustmesh.loopback_ports import free_port, free_ports
 
 
 def test_free_ports_are_distinct() -> None:
@@ -23,3 +24,9 @@ def test_the_plan_never_gives_two_listeners_one_port(tmp_path: Path) -> None:
             ports += [service.app_port, service.inbound_port, service.admin_port]
             ports += service.outbound_ports.values()
         assert len(ports) == len(set(ports)) == 3 * 3 + 3  # three services, three calls
+
+
+def test_a_port_handed_out_is_not_handed_out_again_soon() -> None:
+    """One at a time, as most callers ask: the kernel may repeat a released port; we must not."""
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == 300

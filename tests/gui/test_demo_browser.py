@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from trustmesh.control.gui.browser import ChromiumMissing, chromium_page, require_chromium
+from trustmesh.loopback_ports import free_port
 
 DEMO_START_TIMEOUT_S = 150
 DEMO = "spiffe://demo.trustmesh.local/ns/demo/sa"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _seconds(text: str) -> int:
@@ -41,7 +35,7 @@ def _seconds(text: str) -> int:
 
 class Demo:
     def __init__(self, workdir: Path) -> None:
-        self.gui_port = _free_port()
+        self.gui_port = free_port()
         self.output = workdir / "demo.out"
         self._out = self.output.open("w")
         self.process = subprocess.Popen(

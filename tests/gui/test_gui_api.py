@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import trio
 from trustmesh.ca import CertificateAuthority
 from trustmesh.control.gui.listener import GuiListener, RemoteGuiRefused
 from trustmesh.control.gui.seeded import SeededMesh, spiffe_id
+from trustmesh.loopback_ports import free_port
 
 TRUSTMESH = [str(Path(sys.executable).parent / "trustmesh")]
 
@@ -111,16 +111,9 @@ def test_cli_refuses_a_remote_gui_without_the_flag(tmp_path: Path) -> None:
     assert "--gui-allow-remote" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_cli_serves_the_gui(tmp_path: Path) -> None:
     CertificateAuthority.init(tmp_path / "state", "example.org")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             *TRUSTMESH,

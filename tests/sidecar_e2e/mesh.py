@@ -33,6 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from trustmesh.loopback_ports import free_port as free_port
+
 TRUST_DOMAIN = "example.org"
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 30.0  # a loaded CI machine with two cores can take a while to start Python
@@ -57,13 +59,6 @@ spec:
 
 def spiffe_id(name: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{name}"
-
-
-def free_port() -> int:
-    """An unused loopback port (the kernel picks; the small race with other programs is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def trustmesh_command() -> list[str]:

@@ -20,7 +20,6 @@ behind, so a second `make demo` needs no cleanup; each run uses its own director
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -43,6 +42,7 @@ from trustmesh.cli.errors import CliError
 from trustmesh.clock import SystemClock
 from trustmesh.control.issuer import Issuer
 from trustmesh.identity import SpiffeId
+from trustmesh.loopback_ports import free_port, free_ports
 from trustmesh.store import open_store
 
 TRUST_DOMAIN = "demo.trustmesh.local"
@@ -97,28 +97,6 @@ spec:
       to:
         methods: ["GET"]
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports, all held until every one is chosen.
-
-    `free_port()` called in a row can return a port it returned a moment ago (the socket was
-    closed, so the kernel may pick it again): the demo once gave two apps the same port, and
-    one of them never started.
-    """
-    with contextlib.ExitStack() as held:
-        ports = []
-        for _ in range(count):
-            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind((LOOPBACK, 0))
-            ports.append(int(s.getsockname()[1]))
-        return ports
 
 
 def port_is_free(port: int) -> bool:
