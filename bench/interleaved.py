@@ -2,7 +2,7 @@
 
 Its speed drifts by a quarter over minutes, so two legs are compared only when each round
 measures every leg back to back (keep-alive `wrk -t1 -c32` on `GET /100b`), and the
-verdict is the median over rounds. Used by `floor_compare` and `sidecar_ab`.
+verdict is the median over rounds. Used by `floor_compare`, `sidecar_ab` and `tracing_ab`.
 """
 
 from __future__ import annotations

@@ -526,7 +526,7 @@ class Collector:
 
     Its threads run on `cpu_list` (the load generators' CPUs): pinning the harness process
     later moves only its main thread, and a collector thread left on the proxies' CPU would
-    be counted against the traced sidecars. Connections are kept alive (HTTP/1.1), as a real
+    take that CPU from the traced sidecars. Connections are kept alive (HTTP/1.1), as a real
     collector keeps them, so an export is one POST on an open connection.
     """
 
