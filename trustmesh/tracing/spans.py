@@ -236,7 +236,7 @@ class OutboundRequest:
         target: bytes,
         service: str,
         recorder: Recorder | None = None,
-        off: bool | None = None,
+        off: bool,
     ) -> None:
         self._tracer = tracer
         self._recorder = recorder
@@ -247,8 +247,8 @@ class OutboundRequest:
         self._service = service
         self._token: object | None = None
         self._root: RequestSpan | None = None
-        # `off` from the MeshTracer that knows it: an isinstance against OTel's ABCs per request costs.
-        self._off = isinstance(tracer, trace.NoOpTracer) if off is None else off
+        # `off`: the MeshTracer's no-op check, made once (an isinstance against OTel's ABCs costs).
+        self._off = off
         # The attempts' parent: the app's span, or the INTERNAL root below.
         self._parent_span: SpanContext | None = incoming.parent
         if self._parent_span is None and not self._off:
