@@ -1,5 +1,6 @@
 # trustmesh: `make demo` runs the mesh, `make test` runs the suite. Both install into .venv first.
-PY ?= python3
+# The interpreter .venv is made from: scripts/pick-python.sh says which and why.
+PY ?= $(shell sh scripts/pick-python.sh)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
