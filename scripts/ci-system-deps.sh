@@ -10,6 +10,10 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # Debian's chromium for the GUI's real-browser tests (tests/gui/), driven by the playwright Python
 # package with executable_path=/usr/bin/chromium: playwright's own browser download cannot work here.
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# venv for Debian's own python3.11, which scripts/pick-python.sh prefers (an optimised build).
+if [ -x /usr/bin/python3.11 ] && ! /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null; then
+  need+=(python3.11-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
