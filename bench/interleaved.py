@@ -50,11 +50,18 @@ class AbSetup:
     other: Path
     server: list[int]
 
-    def trustmesh(self, name: str, *, rev_tree: bool = False, sidecar_args: Sequence[str] = ()) -> Leg:
-        """A control plane and sidecar pair from this tree, or (`rev_tree`) from REV's."""
+    def trustmesh(
+        self,
+        name: str,
+        *,
+        rev_tree: bool = False,
+        sidecar_args: Sequence[str] = (),
+        python: str | None = None,
+    ) -> Leg:
+        """A control plane and sidecar pair from this tree, or (`rev_tree`) from REV's; `python` runs them."""
         return topologies.start_trustmesh(
             self.running, self.work, self.pki, self.backend, self.server,
-            name=name, tree=self.other if rev_tree else None, sidecar_args=sidecar_args,
+            name=name, tree=self.other if rev_tree else None, sidecar_args=sidecar_args, python=python,
         )  # fmt: skip
 
 

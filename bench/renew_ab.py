@@ -38,11 +38,14 @@ def _checkout(rev: str, into: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
 
 
-def _start(tree: Path, work: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def _start(
+    tree: Path, work: Path, python: str = sys.executable
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """A control plane from `tree` on `python`, on a fresh CA; (process, listen address, state dir)."""
     state = work / "state"
     CertificateAuthority.init(state, "bench.example", clock=SystemClock())
     log_path = work / "control-plane.log"
-    cmd = [sys.executable, "-m", "trustmesh.cli.main", "control-plane", "--state-dir", str(state),
+    cmd = [python, "-m", "trustmesh.cli.main", "control-plane", "--state-dir", str(state),
            "--listen", "127.0.0.1:0", "--log-level", "info"]  # fmt: skip
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.DEVNULL, stderr=log)

@@ -105,6 +105,17 @@ def _cmd_version(cmd: list[str]) -> str:
     return line.split(" Copyright")[0]  # wrk prints its copyright on the version line
 
 
+def _interpreter() -> str:
+    """Which CPython build runs the benchmarks (and .venv): the build moves every Python figure."""
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    try:
+        linked = subprocess.run(["ldd", base], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return f"`{base}`"
+    shared = "libpython" in linked
+    return f"`{base}`, libpython {'as a shared library' if shared else 'linked in'}"
+
+
 def machine() -> list[str]:
     """Markdown lines describing the machine and tool versions of this run."""
     cpu = "unknown"
@@ -122,7 +133,7 @@ def machine() -> list[str]:
         f"- `uname -a`: `{uname}`",
         f"- CPUs: {nproc} (`nproc`; {os.cpu_count()} in the machine), model: {cpu}",
         f"- load average at start: {load}",
-        f"- Python {platform.python_version()}, {ssl.OPENSSL_VERSION} (Python's `ssl`)",
+        f"- Python {platform.python_version()} ({_interpreter()}), {ssl.OPENSSL_VERSION} (Python's `ssl`)",
         f"- nginx: {_cmd_version(['nginx', '-v'])}; stunnel: {_cmd_version(['stunnel4', '-version'])}; "
         f"wrk: {_cmd_version(['wrk', '--version'])}",
     ]

@@ -199,12 +199,16 @@ spec:
 def start_trustmesh(
     procs: Processes, work: Path, pki: Pki, backend_port: int, cpu_list: list[int],
     *, name: str = "trustmesh", sidecar_args: Sequence[str] = (), tree: Path | None = None,
+    python: str | None = None,
 ) -> Leg:
     """Control plane plus a client and a server sidecar, each joined with its own token.
 
     `name` names the leg (its work directory and process names); `sidecar_args` go to both
     sidecars (the tracing leg passes `--otlp-endpoint`). `tree`: run the control plane and
     sidecars from that source tree (another commit's, for `sidecar_ab`) instead of this one.
+
+    `python`: run the control plane and sidecars on that interpreter (one with trustmesh
+    installed, for `interpreter_ab`) instead of the harness's.
 
     The sidecars get their SVIDs from the control plane running on the CA that issued
     the stunnel pair's certificates, so both legs handshake with the same PKI.
@@ -232,9 +236,10 @@ def start_trustmesh(
                            "--service", "api").splitlines()[-1]
     web_token = _trustmesh("token", "create", "--state-dir", str(pki.state_dir), "--spiffe-id", WEB_ID,
                            "--service", "web").splitlines()[-1]
+    command = [python, "-m", "trustmesh.cli.main"] if python is not None else trustmesh_command()
     cp_port = free_port()
     cp = procs.start(prefix + "control-plane", [
-        *trustmesh_command(), "control-plane", "--state-dir", str(pki.state_dir),
+        *command, "control-plane", "--state-dir", str(pki.state_dir),
         "--listen", f"{LOOPBACK}:{cp_port}", *cp_policy,
     ], cpu_list=cpu_list, cwd=tree)
     wait_port(LOOPBACK, cp_port, START_TIMEOUT_S, cp.popen)
@@ -258,14 +263,14 @@ def start_trustmesh(
     server_admin, client_admin = free_port(), free_port()
     # `--debug`: if a sidecar dies, its log ends with the traceback the report quotes.
     server = procs.start(prefix + "sidecar-server", [
-        *trustmesh_command(), "--debug", "sidecar",
+        *command, "--debug", "sidecar",
         "--control-plane", control_plane, "--join-token", api_token,
         "--inbound", f"{LOOPBACK}:{inbound_port}={LOOPBACK}:{backend_port}",
         "--admin", f"{LOOPBACK}:{server_admin}", "--data-dir", str(root / "server"), *extra_args, *log_args,
         *sidecar_args,
     ], cpu_list=cpu_list, cwd=tree)
     client = procs.start(prefix + "sidecar-client", [
-        *trustmesh_command(), "--debug", "sidecar",
+        *command, "--debug", "sidecar",
         "--control-plane", control_plane, "--join-token", web_token,
         "--outbound", f"api={LOOPBACK}:{outbound_port}",
         "--endpoints", f"api={LOOPBACK}:{inbound_port}@{API_ID}",
