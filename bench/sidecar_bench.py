@@ -8,7 +8,7 @@ metric (so that a burst of noise from other work on the machine hits the legs al
    measured from each request's intended send time;
 3. new mTLS connections/s against the server-side proxy (fresh full handshakes, one request
    per connection, same client certificate for both proxies);
-4. bulk MB/s: one GET of a sparse file (1 GiB in the full run) through the leg;
+4. bulk MB/s: one GET of a sparse file (1 GiB in the full run) through the leg, best of rounds;
 5. RSS (VmRSS) of every proxy process idle (before any load) and the peak seen under load.
 
 `python -m bench.sidecar_bench [--quick]` prints the markdown section; `bench.run` embeds it.
@@ -66,18 +66,19 @@ class Settings:
     conns_threads: int
     conns_max: int
     bulk_bytes: int
+    bulk_rounds: int
     bulk_timeout_s: float
 
 
 FULL = Settings(
     wrk_connections=32, saturation_s=10, saturation_rounds=3, warmup_s=2, latency_s=10.0, latency_rounds=3,
     latency_connections=8, conns_s=6.0, conns_rounds=2, conns_threads=8, conns_max=200_000,
-    bulk_bytes=1 << 30, bulk_timeout_s=90.0,
+    bulk_bytes=1 << 30, bulk_rounds=2, bulk_timeout_s=90.0,
 )
 QUICK = Settings(
     wrk_connections=32, saturation_s=2, saturation_rounds=1, warmup_s=1, latency_s=2.0, latency_rounds=1,
     latency_connections=8, conns_s=2.0, conns_rounds=1, conns_threads=8, conns_max=20_000,
-    bulk_bytes=64 << 20, bulk_timeout_s=20.0,
+    bulk_bytes=64 << 20, bulk_rounds=1, bulk_timeout_s=20.0,
 )
 
 
@@ -99,7 +100,8 @@ class LegResult:
     conns_rounds: list[float] = field(default_factory=list)
     conns: clients.HandshakeResult | None = None
     conns_cpu_s: float | None = None  # server-side proxy CPU seconds during the conns run
-    bulk: clients.BulkResult | None = None
+    bulk: clients.BulkResult | None = None  # best round
+    bulk_rounds: list[float] = field(default_factory=list)
     rss_idle_kib: dict[str, int] = field(default_factory=dict)
     anon_idle_kib: dict[str, int] = field(default_factory=dict)
     rss_peak_kib: dict[str, int] = field(default_factory=dict)
@@ -235,14 +237,19 @@ def _conns(r: LegResult, s: Settings, pki: Pki) -> None:
 
 
 def _bulk(r: LegResult, s: Settings) -> None:
+    """One round; the best is reported, as for keep-alive: a transfer only gets slower from what
+    else the shared machine is doing, never faster."""
     pids = {p.name: p.pid for p in r.leg.proxies}
     with _RssSampler(pids, r.rss_peak_kib):
-        r.bulk = clients.bulk_download(LOOPBACK, r.leg.entry_port, BULK_PATH, s.bulk_bytes, s.bulk_timeout_s)
-    _say(f"{r.leg.name}: bulk {r.bulk.mb_per_s:.0f} MB/s ({r.bulk.bytes} bytes)")
-    if not r.bulk.complete:
+        res = clients.bulk_download(LOOPBACK, r.leg.entry_port, BULK_PATH, s.bulk_bytes, s.bulk_timeout_s)
+    _say(f"{r.leg.name}: bulk {res.mb_per_s:.0f} MB/s ({res.bytes} bytes)")
+    if not res.complete:
         r.problems.append(
-            f"bulk transfer stopped at {r.bulk.bytes} of {s.bulk_bytes} bytes after {r.bulk.seconds:.0f}s"
+            f"bulk transfer stopped at {res.bytes} of {s.bulk_bytes} bytes after {res.seconds:.0f}s"
         )
+    r.bulk_rounds.append(res.mb_per_s)
+    if r.bulk is None or res.mb_per_s > r.bulk.mb_per_s:
+        r.bulk = res
 
 
 def _cpu_split(pin: bool) -> tuple[list[int] | None, list[int] | None, str]:
@@ -329,8 +336,9 @@ def run(quick: bool = False, log_dir: Path | None = None, pin: bool = True) -> R
                 for _ in range(s.conns_rounds):
                     for r in untraced:
                         _conns(r, s, pki)
-                for r in untraced:
-                    _bulk(r, s)
+                for _ in range(s.bulk_rounds):
+                    for r in untraced:
+                        _bulk(r, s)
             finally:
                 procs.set_affinity(own_affinity)
                 collector.close()
@@ -455,12 +463,13 @@ def markdown(run_: Run) -> str:
                f"| {verdict(worst, worst is not None and worst <= TARGET_IDLE_RSS_MB)} |")
 
     out += ["", "Every round, in run order (legs interleaved within a round):", "",
-            "| leg | keep-alive req/s | p99 ms @500/s | new conn/s |", "|---|---|---|---|"]
+            "| leg | keep-alive req/s | p99 ms @500/s | new conn/s | bulk MB/s |", "|---|---|---|---|---|"]
     for r in run_.results:
         out.append(
             f"| {r.leg.name} | {', '.join(f'{v:.0f}' for v in r.saturation_rounds) or '—'} "
             f"| {', '.join(f'{x.percentile(99) / 1000:.3f}' for x in r.latency_rounds) or '—'} "
-            f"| {', '.join(f'{v:.0f}' for v in r.conns_rounds) or '—'} |"
+            f"| {', '.join(f'{v:.0f}' for v in r.conns_rounds) or '—'} "
+            f"| {', '.join(f'{v:.0f}' for v in r.bulk_rounds) or '—'} |"
         )
 
     traced = by.get(TRACED_LEG)
@@ -511,7 +520,8 @@ def markdown(run_: Run) -> str:
         "per connection: when the client saturates its core first, this is the fairer comparison. "
         f"Best of {s.conns_rounds} round(s).",
         f"- **bulk MB/s**: one `GET` of a {s.bulk_bytes / 2**20:.0f} MiB sparse file served by nginx with "
-        f"sendfile, read through the leg (10^6 bytes/MB), bounded at {s.bulk_timeout_s:.0f} s.",
+        f"sendfile, read through the leg (10^6 bytes/MB), bounded at {s.bulk_timeout_s:.0f} s. "
+        f"Best of {s.bulk_rounds} round(s), legs interleaved.",
         "- **RSS**: VmRSS from /proc/PID/status, idle = after start-up and 2 s of quiet, before any load; "
         "peak = highest sample (every 200 ms) during the saturation, new-connection and bulk runs. "
         "*anonymous* = RssAnon, the process's own memory without shared libraries; the target is on VmRSS.",
