@@ -5,11 +5,13 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trustmesh.ca.join_token import JoinToken, hash_secret
 from trustmesh.store import (
@@ -22,6 +24,7 @@ from trustmesh.store import (
     open_store,
     open_store_sync,
 )
+from trustmesh.store.sqlite import _parse_ts, _ts
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -175,3 +178,18 @@ async def test_unsupported_store_urls_are_refused_clearly(tmp_path: Path) -> Non
     store = await open_store(tmp_path, f"sqlite:///{tmp_path}/other.db")
     assert (tmp_path / "other.db").exists()
     await store.aclose()
+
+
+ZONES = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 30), timezones=st.sampled_from(ZONES)
+    )
+)
+def test_stored_timestamps_are_utc_microsecond_text_that_reads_back(value: datetime) -> None:
+    text = _ts(value)
+    # The format rows have always had (existing databases hold it): UTC, microseconds, a Z.
+    assert text == value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert _parse_ts(text) == value

@@ -123,9 +123,11 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 
 
 def _ts(value: datetime) -> str:
+    """`%Y-%m-%dT%H:%M:%S.%fZ` in UTC (what `_parse_ts` reads); isoformat writes the same text
+    for years 1000-9999 at about a third of strftime's cost, twice per audit row."""
     if value.tzinfo is None:
         raise ValueError("store timestamps must be timezone-aware")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _parse_ts(text: str) -> datetime:
