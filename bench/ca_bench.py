@@ -9,6 +9,9 @@
   the log event). The client's own work (httpx, JSON) is included in the figure;
 - `openssl speed ecdsap256`, the physical limit of the signature math on this machine.
 
+Each figure is the best of `ROUNDS` rounds (every round is printed too), as the sidecar's
+throughput figures are: on a shared machine other work only ever makes a round slower.
+
 Run: `python -m bench.ca_bench [--quick]`; stdout is the markdown section for
 docs/benchmarks.md (written by `make bench`).
 """
@@ -47,6 +50,7 @@ from trustmesh.tracing.logs import configure_logging
 TARGET_IN_PROCESS = 2500
 TARGET_RENEW = 500
 WORKLOAD = "spiffe://bench.example/ns/bench/sa/client"
+ROUNDS = 3
 
 
 def _csr_pems(n: int) -> list[bytes]:
@@ -59,7 +63,7 @@ def _csr_pems(n: int) -> list[bytes]:
 
 
 def bench_in_process(state_dir: Path, seconds: float) -> tuple[float, float, int]:
-    """(wall-clock rate, rate per CPU-second of this process, samples)."""
+    """One round: (wall-clock rate, rate per CPU-second of this process, samples)."""
     ca = CertificateAuthority.load(state_dir, clock=SystemClock())
     spiffe_id = SpiffeId.parse(WORKLOAD)
     pems = _csr_pems(256)
@@ -143,7 +147,8 @@ async def _timed(request: Callable[[int], Awaitable[httpx.Response]], seconds: f
     return n / (time.perf_counter() - t0), n / server_cpu, n
 
 
-def bench_renew(state_dir: Path, seconds: float) -> tuple[Rate, Rate | None]:
+def bench_renew(state_dir: Path, seconds: float, rounds: int) -> list[tuple[Rate, Rate | None]]:
+    """`rounds` rounds against one control plane, each on a fresh connection: renewals, then the floor."""
     cmd = [sys.executable, "-m", "trustmesh.cli.main", "control-plane", "--state-dir", str(state_dir),
            "--listen", "127.0.0.1:0", "--log-level", "warning"]  # fmt: skip
     # Readiness comes from the ready event, so keep it: info level for startup only
@@ -162,9 +167,8 @@ def bench_renew(state_dir: Path, seconds: float) -> tuple[Rate, Rate | None]:
             time.sleep(0.1)
         if not address:
             raise RuntimeError(f"control plane did not start: {log_path.read_text()[-2000:]}")
-        return trio.run(
-            partial(_renew_and_floor, floor_seconds=seconds / 2), address, state_dir, seconds, proc.pid
-        )
+        one_round = partial(_renew_and_floor, floor_seconds=seconds / 2)
+        return [trio.run(one_round, address, state_dir, seconds, proc.pid) for _ in range(rounds)]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -196,9 +200,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="trustmesh-ca-bench-") as tmp:
         state = Path(tmp) / "state"
         CertificateAuthority.init(state, "bench.example", clock=SystemClock())
-        in_rate, in_cpu_rate, in_n = bench_in_process(state, seconds)
-        (renew_rate, renew_cpu_rate, renew_n), floor = bench_renew(state, seconds)
-    speed = openssl_speed(1 if args.quick else 3)
+        rounds = 1 if args.quick else ROUNDS
+        in_rounds = [bench_in_process(state, seconds) for _ in range(rounds)]
+        renew_rounds = bench_renew(state, seconds, rounds)
+    in_rate, in_cpu_rate, in_n = max(in_rounds, key=lambda r: r[1])
+    (renew_rate, renew_cpu_rate, renew_n), floor = max(renew_rounds, key=lambda r: r[0][1])
+    speed_seconds = 1 if args.quick else 3
+    speed = openssl_speed(speed_seconds)
     verdict = {True: "met", False: "**missed**"}
     quick = " --quick" if args.quick else ""
     print("## CA: SVID issuance\n")
@@ -221,6 +229,11 @@ def main() -> int:
     ]
     for what, wall, cpu, n, target in rows:
         print(f"| {what} | {wall:,.0f} | {cpu:,.0f} | {n:,} | {target:,} | {verdict[cpu >= target]} |")
+    print(
+        f"\nBest of {rounds} round(s) of {seconds:g} s each. Every round, per CPU-second: in process "
+        f"{', '.join(f'{r[1]:,.0f}' for r in in_rounds)}; `/v1/renew` "
+        f"{', '.join(f'{r[0][1]:,.0f}' for r in renew_rounds)}."
+    )
     if floor is not None:
         print(
             "\nFor scale, on the same connection right after: `GET /healthz`, the HTTP stack (TLS,"
@@ -229,7 +242,10 @@ def main() -> int:
             f" {floor[2]:,} samples), against {1e6 / renew_cpu_rate:,.0f} µs"
             " per renewal. A renewal cannot cost less than that plus its CSR check and signature."
         )
-    print("\nPhysical limit, `openssl speed -seconds 3 ecdsap256` (sign/s and verify/s, last two columns):\n")
+    print(
+        f"\nPhysical limit, `openssl speed -seconds {speed_seconds} ecdsap256`"
+        " (sign/s and verify/s, last two columns):\n"
+    )
     print(f"```\n{speed}\n```")
     return 0
 
