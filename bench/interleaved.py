@@ -25,7 +25,8 @@ Results = dict[str, list[tuple[float, list[float]]]]
 
 
 def ab_arguments(usage: str | None) -> tuple[str, int, int]:
-    """`REV [rounds] [seconds]` from the command line, as `sidecar_ab` and `tracing_ab` take them."""
+    """`REV [rounds] [seconds]` from the command line, as the A/B benchmarks take them (REV: what
+    is compared with the working tree; for `interpreter_ab`, another interpreter)."""
     if len(sys.argv) < 2:
         raise SystemExit(usage)
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 4

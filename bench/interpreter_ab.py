@@ -1,6 +1,6 @@
 """The same tree on two CPython builds: the harness's interpreter against another, in one run.
 
-    .venv/bin/python -m bench.interpreter_ab OTHER_PYTHON [rounds] [seconds]
+    .venv/bin/python -m bench.interpreter_ab OTHER_PYTHON [rounds] [seconds]   (default 4 rounds of 5 s)
 
 Makes a throwaway venv from OTHER_PYTHON with this tree and its dependencies installed
 (pip, from pyproject.toml), then measures, legs alternating round by round:
@@ -17,18 +17,14 @@ interpreter"). Stops what it starts; the venv goes with the temporary directory.
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import trio
-
 from bench import interleaved, topologies
-from bench.ca_bench import _renew_loop
-from bench.renew_ab import REPO, _start
+from bench.renew_ab import REPO, alternate, start_all
 from trustmesh.tracing.logs import configure_logging
 
 
@@ -41,32 +37,15 @@ def _venv(python: str, into: Path) -> str:
 
 
 def _renew(pythons: dict[str, str], work: Path, rounds: int, seconds: float) -> None:
-    running = {}
-    try:
-        for name, python in pythons.items():
-            (work / name).mkdir()
-            running[name] = _start(REPO, work / name, python)
-        results: dict[str, list[float]] = {name: [] for name in running}
-        for r in range(rounds):
-            for name, (proc, address, state) in running.items():
-                _, per_cpu, n = trio.run(_renew_loop, address, state, seconds, proc.pid)
-                results[name].append(per_cpu)
-                print(f"round {r}: {name:14} {per_cpu:6.0f} renewals per control-plane CPU-second ({n})")
-    finally:
-        for proc, _, _ in running.values():
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+    plan = {name: (REPO, work / name, python) for name, python in pythons.items()}
+    results = alternate(start_all(plan), rounds, seconds)
     print(f"\n/v1/renew, medians over {rounds} rounds of {seconds:g} s:")
     for name, values in results.items():
         print(f"  {name:14} {statistics.median(values):6.0f} renewals per control-plane CPU-second")
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    other = sys.argv[1]
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 6
-    seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    other, rounds, seconds = interleaved.ab_arguments(__doc__)
     configure_logging(level="warning")
     with tempfile.TemporaryDirectory(prefix="trustmesh-interpreter-ab-") as tmp:
         other_python = _venv(other, Path(tmp) / "venv")

@@ -59,6 +59,42 @@ def _start(
     raise SystemExit(f"control plane in {tree} did not start: {log_path.read_text()[-2000:]}")
 
 
+Running = dict[str, tuple[subprocess.Popen[bytes], str, Path]]
+
+
+def start_all(plan: dict[str, tuple[Path, Path, str]]) -> Running:
+    """One control plane per name from (tree, work dir, python); if one fails, those started are killed."""
+    running: Running = {}
+    try:
+        for name, (tree, work, python) in plan.items():
+            work.mkdir()
+            running[name] = _start(tree, work, python)
+    except BaseException:
+        for proc, _, _ in running.values():
+            proc.kill()
+        raise
+    return running
+
+
+def alternate(running: Running, rounds: int, seconds: float) -> dict[str, list[float]]:
+    """`rounds` rounds of the renew loop against each running control plane in turn; stops them all.
+
+    Returns renewals per control-plane CPU-second, per round, by name (printed as they come).
+    """
+    results: dict[str, list[float]] = {name: [] for name in running}
+    try:
+        for r in range(rounds):
+            for name, (proc, address, state) in running.items():
+                _, per_cpu, n = trio.run(_renew_loop, address, state, seconds, proc.pid)
+                results[name].append(per_cpu)
+                print(f"round {r}: {name:14} {per_cpu:6.0f} renewals per control-plane CPU-second ({n})")
+    finally:
+        for proc, _, _ in running.values():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    return results
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
@@ -70,22 +106,10 @@ def main() -> None:
         other = Path(tmp) / "tree"
         _checkout(rev, other)
         trees = {rev: other, "working tree": REPO}
-        running = {}
-        try:
-            for name, tree in trees.items():
-                work = Path(tmp) / name.replace(" ", "-")
-                work.mkdir()
-                running[name] = _start(tree, work)
-            results: dict[str, list[float]] = {name: [] for name in trees}
-            for r in range(rounds):
-                for name, (proc, address, state) in running.items():
-                    _, per_cpu, n = trio.run(_renew_loop, address, state, seconds, proc.pid)
-                    results[name].append(per_cpu)
-                    print(f"round {r}: {name:14} {per_cpu:6.0f} renewals per control-plane CPU-second ({n})")
-        finally:
-            for proc, _, _ in running.values():
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
+        plan = {
+            name: (tree, Path(tmp) / name.replace(" ", "-"), sys.executable) for name, tree in trees.items()
+        }
+        results = alternate(start_all(plan), rounds, seconds)
     medians = {name: statistics.median(values) for name, values in results.items()}
     for name, value in medians.items():
         print(f"median {name:14} {value:6.0f}")
