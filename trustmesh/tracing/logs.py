@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Final, Literal, TextIO
+from typing import Any, Final, Literal, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -32,6 +32,40 @@ _HANDLER_NAME: Final = "trustmesh"
 # (`is_enabled_for`) costs microseconds per call, since loggers are not cached (so tests can
 # reconfigure); reading this costs nothing. Before configuration everything is emitted.
 _level = logging.NOTSET
+
+
+class _AccessWriter:
+    """Writes the per-request `access` event through the configured processors and renderer.
+
+    The line is the one `structlog.get_logger("trustmesh.access").info("access", ...)` writes
+    (same processors, same order, same renderer, one write and a flush per line), without the
+    logger's per-call machinery: binding the lazy proxy, building a bound logger, dispatching
+    through it. That machinery was 40% of the event's cost (30.7 -> 18.7 µs in `timeit`), and
+    the event runs once per request in every sidecar at the default level.
+    """
+
+    def __init__(self, processors: list[Processor], out: TextIO) -> None:
+        # The very list handed to `structlog.configure`, read live: while structlog still runs
+        # it, this writer writes what structlog would, also when it is changed in place
+        # (`structlog.testing.capture_logs` swaps its contents for a capturing processor).
+        self.installed = processors
+        self._write = out.write
+        self._flush = out.flush
+
+    def write(self, event_dict: EventDict) -> None:
+        rendered: Any = event_dict
+        try:
+            for processor in self.installed:
+                rendered = processor(None, "info", rendered)
+        except structlog.DropEvent:
+            return
+        # Both renderers `configure_logging` installs (JSON, console) return the line as text.
+        self._write(cast(str, rendered) + "\n")
+        self._flush()
+
+
+# Set by `configure_logging`; None until then (access events then go through structlog).
+_access_writer: _AccessWriter | None = None
 
 
 def level_enabled(level: int) -> bool:
@@ -63,7 +97,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto", *, stream: T
     `fmt="auto"` picks the console renderer when the stream is a terminal, JSON lines otherwise.
     `stream` defaults to stderr (tests pass a StringIO).
     """
-    global _level
+    global _level, _access_writer
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
@@ -80,8 +114,10 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto", *, stream: T
         add_trace_context,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    processors: list[Processor] = [*shared, structlog.processors.format_exc_info, renderer]
+    _access_writer = _AccessWriter(processors, out)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         # One write per event: PrintLogger's print() writes the line and its newline apart,
         # two syscalls on a write-through stderr.
@@ -134,8 +170,7 @@ def access_log(
     """
     if _level > logging.INFO:
         return  # --log-level warning: skip building the event, on every request
-    _access_log.info(
-        "access",
+    event_dict: EventDict = dict(
         direction=direction,
         method=method,
         path=path,
@@ -149,4 +184,10 @@ def access_log(
         request_id=request_id,
         service=service,
         attempts=attempts,
+        event="access",  # last, where structlog puts the event name
     )
+    writer = _access_writer
+    if writer is not None and structlog.get_config()["processors"] is writer.installed:
+        writer.write(event_dict)
+    else:
+        _access_log.info(**event_dict)
