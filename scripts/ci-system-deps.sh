@@ -11,7 +11,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # package with executable_path=/usr/bin/chromium: playwright's own browser download cannot work here.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # venv for Debian's own python3.11, which scripts/pick-python.sh prefers (an optimised build).
-if [ -x /usr/bin/python3.11 ] && ! /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null; then
+# Optional: without it the picker falls back to another python3, so only root asks for it.
+if [ "$(id -u)" = 0 ] && [ -x /usr/bin/python3.11 ] &&
+  ! /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null; then
   need+=(python3.11-venv)
 fi
 if [ ${#need[@]} -gt 0 ]; then
