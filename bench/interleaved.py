@@ -42,13 +42,13 @@ def cpu_split() -> tuple[list[int], list[int]]:
 
 @dataclass
 class AbSetup:
-    """What an A/B benchmark runs in: nginx started, a PKI, REV checked out into `other`."""
+    """What an A/B benchmark runs in: nginx started, a PKI, REV checked out into `other` (if any)."""
 
     running: procs.Processes
     work: Path
     pki: Pki
     backend: int
-    other: Path
+    other: Path | None
     server: list[int]
 
     def trustmesh(
@@ -60,6 +60,8 @@ class AbSetup:
         python: str | None = None,
     ) -> Leg:
         """A control plane and sidecar pair from this tree, or (`rev_tree`) from REV's; `python` runs them."""
+        if rev_tree and self.other is None:
+            raise ValueError("no REV was checked out for this A/B")
         return topologies.start_trustmesh(
             self.running, self.work, self.pki, self.backend, self.server,
             name=name, tree=self.other if rev_tree else None, sidecar_args=sidecar_args, python=python,
@@ -67,12 +69,15 @@ class AbSetup:
 
 
 @contextmanager
-def ab_setup(rev: str, server: list[int], prefix: str) -> Iterator[AbSetup]:
-    """A temporary directory, REV's tree, nginx on the `server` CPUs; everything stopped on exit."""
+def ab_setup(rev: str | None, server: list[int], prefix: str) -> Iterator[AbSetup]:
+    """A temporary directory, REV's tree (none when `rev` is None: only this tree's legs), nginx on
+    the `server` CPUs; everything stopped on exit."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         work = topologies.make_work_dir(Path(tmp))
-        other = work / "tree"
-        _checkout(rev, other)
+        other = None
+        if rev is not None:
+            other = work / "tree"
+            _checkout(rev, other)
         with procs.Processes(work) as running:
             pki = make_pki(work / "pki", topologies.HARNESS_LEAVES)
             backend = topologies.start_nginx(running, work, 1 << 20, server)

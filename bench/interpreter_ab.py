@@ -55,7 +55,7 @@ def main() -> None:
                                      capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
             print(f"{name}: Python {version}, {os.path.realpath(python)}")
         client, server = interleaved.cpu_split()
-        with interleaved.ab_setup("HEAD", server, "trustmesh-interpreter-ab-") as ab:
+        with interleaved.ab_setup(None, server, "trustmesh-interpreter-ab-") as ab:  # no other tree
             legs = [topologies.start_stunnel(ab.running, ab.work, ab.pki, ab.backend, server)]
             legs += [ab.trustmesh(name, python=python) for name, python in pythons.items()]
             results = interleaved.measure_pinned(legs, rounds, seconds, client)
