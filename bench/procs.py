@@ -76,6 +76,21 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def steal_seconds(cpu_list: Sequence[int]) -> float:
+    """CPU time the hypervisor has given away from `cpu_list` since boot (/proc/stat "steal").
+
+    On a shared virtual machine this is the noise that decides a latency tail: while a vCPU
+    is descheduled on the host, every request on it waits. 0.0 where the kernel reports none.
+    """
+    wanted = {f"cpu{c}" for c in cpu_list}
+    ticks = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] in wanted and len(fields) > 8:
+            ticks += int(fields[8])
+    return ticks / _CLK_TCK
+
+
 def wait_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Block until something accepts on host:port; fail early if `proc` exits first."""
     deadline = time.monotonic() + timeout_s

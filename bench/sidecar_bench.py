@@ -48,6 +48,14 @@ TARGET_CONNS_VS_STUNNEL = 1.0
 TARGET_IDLE_RSS_MB = 60.0
 
 LATENCY_RATE = 500.0
+# A latency round is *quiet* when the hypervisor took at most this share of the run's CPUs
+# (/proc/stat steal) during it. Steal comes in bursts: one 20 ms burst holds up ten requests,
+# and fifty slow requests are the whole p99 of a 5 s round at 500 req/s. Measured here
+# (2026-11-28, scratch sweeps): with steal at 0.3-0.5% the trustmesh pair's p99 was 1.6-2.0 ms;
+# in the same minutes, with 2-20% steal, 4-26 ms, and direct's own p99 moved alike. So the
+# p99 target is judged on the latencies of quiet rounds, pooled, and every round is shown.
+QUIET_STEAL_SHARE = 0.01
+MIN_QUIET_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,8 @@ class Settings:
     saturation_rounds: int
     warmup_s: int
     latency_s: float
-    latency_rounds: int
+    latency_rounds: int  # at least this many rounds per leg ...
+    latency_max_rounds: int  # ... and more, up to this many, until each leg has MIN_QUIET_ROUNDS quiet ones
     latency_connections: int
     conns_s: float
     conns_rounds: int
@@ -71,12 +80,14 @@ class Settings:
 
 
 FULL = Settings(
-    wrk_connections=32, saturation_s=10, saturation_rounds=3, warmup_s=2, latency_s=10.0, latency_rounds=3,
+    wrk_connections=32, saturation_s=10, saturation_rounds=3, warmup_s=2, latency_s=5.0, latency_rounds=4,
+    latency_max_rounds=10,
     latency_connections=8, conns_s=6.0, conns_rounds=2, conns_threads=8, conns_max=200_000,
     bulk_bytes=1 << 30, bulk_rounds=2, bulk_timeout_s=90.0,
 )
 QUICK = Settings(
     wrk_connections=32, saturation_s=2, saturation_rounds=1, warmup_s=1, latency_s=2.0, latency_rounds=1,
+    latency_max_rounds=1,
     latency_connections=8, conns_s=2.0, conns_rounds=1, conns_threads=8, conns_max=20_000,
     bulk_bytes=64 << 20, bulk_rounds=1, bulk_timeout_s=20.0,
 )
@@ -91,12 +102,27 @@ class Saturation:
 
 
 @dataclass
+class LatencyRound:
+    """One fixed-rate run and the share of the run's CPUs the hypervisor took meanwhile."""
+
+    result: loadgen.FixedRateResult
+    steal_share: float
+
+    @property
+    def quiet(self) -> bool:
+        return self.steal_share <= QUIET_STEAL_SHARE
+
+
+@dataclass
 class LegResult:
     leg: Leg
     saturation: Saturation | None = None  # best round
     saturation_rounds: list[float] = field(default_factory=list)
-    latency: loadgen.FixedRateResult | None = None  # the round with the median p99
-    latency_rounds: list[loadgen.FixedRateResult] = field(default_factory=list)
+    # Set by `_report_latency` once every round has run: the quiet rounds pooled (when every leg
+    # has MIN_QUIET_ROUNDS of them), else the round with the median p99.
+    latency: loadgen.FixedRateResult | None = None
+    latency_from_quiet: bool = False
+    latency_rounds: list[LatencyRound] = field(default_factory=list)
     conns_rounds: list[float] = field(default_factory=list)
     conns: clients.HandshakeResult | None = None
     conns_cpu_s: float | None = None  # server-side proxy CPU seconds during the conns run
@@ -200,19 +226,54 @@ def _saturation(r: LegResult, s: Settings, client_cpus: list[int] | None) -> Non
         r.saturation = Saturation(rps, non2xx, errors, cpu_pct)
 
 
-def _latency(r: LegResult, s: Settings) -> None:
-    """One round; the reported round is the one with the median p99, so that one burst of
-    other work on the shared machine neither makes nor breaks a leg's figure."""
+def _pooled(rounds: Sequence[loadgen.FixedRateResult]) -> loadgen.FixedRateResult:
+    """Several fixed-rate runs as one: their latencies together, so p99 is over all of them."""
+    first = rounds[0]
+    pooled = loadgen.FixedRateResult(first.rate, sum(x.duration_s for x in rounds), first.connections)
+    for x in rounds:
+        pooled.sent += x.sent
+        pooled.completed += x.completed
+        pooled.errors += x.errors
+        pooled.unfinished += x.unfinished
+        pooled.latencies_us.extend(x.latencies_us)
+    return pooled
+
+
+def _quiet_rounds(r: LegResult) -> list[loadgen.FixedRateResult]:
+    return [x.result for x in r.latency_rounds if x.quiet]
+
+
+def _latency(r: LegResult, s: Settings, cpu_list: Sequence[int]) -> None:
+    """One round, with the share of `cpu_list` the hypervisor took (steal) during it."""
+    steal0, t0 = procs.steal_seconds(cpu_list), time.monotonic()
     res = loadgen.run_fixed_rate(
         LOOPBACK, r.leg.entry_port, BODY_PATH, rate=LATENCY_RATE, duration_s=s.latency_s,
         warmup_s=1.0, connections=s.latency_connections,
     )
-    _say(f"{r.leg.name}: {res.summary()}")
+    steal = (procs.steal_seconds(cpu_list) - steal0) / ((time.monotonic() - t0) * max(1, len(cpu_list)))
+    _say(f"{r.leg.name}: {res.summary()}, steal {steal:.1%}")
     if res.errors or res.unfinished:
         r.problems.append(f"fixed-rate run: {res.errors} errors, {res.unfinished} unfinished")
-    r.latency_rounds.append(res)
-    ordered = sorted(r.latency_rounds, key=lambda x: x.percentile(99))
-    r.latency = ordered[(len(ordered) - 1) // 2]
+    r.latency_rounds.append(LatencyRound(res, steal))
+
+
+def _enough_quiet(results: Sequence[LegResult]) -> bool:
+    return all(len(_quiet_rounds(r)) >= MIN_QUIET_ROUNDS for r in results)
+
+
+def _report_latency(results: Sequence[LegResult]) -> None:
+    """Each leg's reported latency, the same way for every leg so that they compare: the quiet
+    rounds pooled when every leg has enough of them; else the round with the median p99, so
+    that one burst of other work neither makes nor breaks a leg's figure."""
+    measured = [r for r in results if r.latency_rounds]
+    from_quiet = bool(measured) and _enough_quiet(measured)
+    for r in measured:
+        r.latency_from_quiet = from_quiet
+        if from_quiet:
+            r.latency = _pooled(_quiet_rounds(r))
+        else:
+            ordered = sorted((x.result for x in r.latency_rounds), key=lambda x: x.percentile(99))
+            r.latency = ordered[(len(ordered) - 1) // 2]
 
 
 def _conns(r: LegResult, s: Settings, pki: Pki) -> None:
@@ -330,9 +391,12 @@ def run(quick: bool = False, log_dir: Path | None = None, pin: bool = True) -> R
                         _saturation(r, s, client_cpus)
                 # The tracing leg is measured for keep-alive throughput only (issue 6's target).
                 untraced = [r for r in results if r.leg.name != TRACED_LEG]
-                for _ in range(s.latency_rounds):
+                for done in range(s.latency_max_rounds):
+                    if done >= s.latency_rounds and _enough_quiet(untraced):
+                        break
                     for r in untraced:
-                        _latency(r, s)
+                        _latency(r, s, own_affinity)
+                _report_latency(untraced)
                 for _ in range(s.conns_rounds):
                     for r in untraced:
                         _conns(r, s, pki)
@@ -446,14 +510,22 @@ def markdown(run_: Run) -> str:
                f"| {_fmt(ka, '.0%')} ({_fmt(rps(tm))} vs {_fmt(rps(st))}) "
                f"| {verdict(ka, ka is not None and ka >= TARGET_KEEPALIVE_VS_STUNNEL)} |")
     added_tm = _minus(p(tm, 99), p(d, 99))
-    # A proxied leg cannot be faster than direct: a negative figure only measures the noise.
-    p99_verdict = (
-        "**inconclusive** (below direct's: the noise is larger than the figure)"
-        if added_tm is not None and added_tm < 0
-        else verdict(added_tm, added_tm is not None and added_tm <= TARGET_P99_ADDED_MS)
+    quiet_judged = bool(tm and tm.latency_from_quiet)
+    if added_tm is not None and not quiet_judged:
+        p99_verdict = (f"**inconclusive** (fewer than {MIN_QUIET_ROUNDS} quiet rounds: the machine's "
+                       "noise is larger than the figure)")
+    elif added_tm is not None and added_tm < 0:
+        # A proxied leg cannot be faster than direct: a negative figure only measures the noise.
+        p99_verdict = "**inconclusive** (below direct's: the noise is larger than the figure)"
+    else:
+        p99_verdict = verdict(added_tm, added_tm is not None and added_tm <= TARGET_P99_ADDED_MS)
+    quiet_counts = ", ".join(
+        f"{r.leg.name} {len(_quiet_rounds(r))} of {len(r.latency_rounds)}"
+        for r in run_.results
+        if r.latency_rounds
     )
     out.append(f"| p99 added over direct at {LATENCY_RATE:.0f} req/s ≤ {TARGET_P99_ADDED_MS} ms "
-               f"| {_fmt(added_tm, '.3f', ' ms')} | {p99_verdict} |")
+               f"| {_fmt(added_tm, '.3f', ' ms')} (quiet rounds: {quiet_counts}) | {p99_verdict} |")
     bk = _ratio(bulk(tm), bulk(st))
     out.append(f"| bulk MB/s ≥ {TARGET_BULK_VS_STUNNEL:.0%} of stunnel pair | {_fmt(bk, '.0%')} "
                f"({_fmt(bulk(tm))} vs {_fmt(bulk(st))} MB/s) "
@@ -468,11 +540,17 @@ def markdown(run_: Run) -> str:
                f"| {verdict(worst, worst is not None and worst <= TARGET_IDLE_RSS_MB)} |")
 
     out += ["", "Every round, in run order (legs interleaved within a round):", "",
-            "| leg | keep-alive req/s | p99 ms @500/s | new conn/s | bulk MB/s |", "|---|---|---|---|---|"]
+            f"| leg | keep-alive req/s | p99 ms @{LATENCY_RATE:.0f}/s (steal; ✓ quiet) "
+            "| new conn/s | bulk MB/s |",
+            "|---|---|---|---|---|"]
     for r in run_.results:
+        latency_rounds = ", ".join(
+            f"{x.result.percentile(99) / 1000:.3f} ({x.steal_share:.1%}{' ✓' if x.quiet else ''})"
+            for x in r.latency_rounds
+        )
         out.append(
             f"| {r.leg.name} | {', '.join(f'{v:.0f}' for v in r.saturation_rounds) or '—'} "
-            f"| {', '.join(f'{x.percentile(99) / 1000:.3f}' for x in r.latency_rounds) or '—'} "
+            f"| {latency_rounds or '—'} "
             f"| {', '.join(f'{v:.0f}' for v in r.conns_rounds) or '—'} "
             f"| {', '.join(f'{v:.0f}' for v in r.bulk_rounds) or '—'} |"
         )
@@ -496,11 +574,15 @@ def markdown(run_: Run) -> str:
                 "Same wrk runs as the keep-alive column, interleaved with the other legs."]
 
     direct_p99 = p(d, 99)
-    if direct_p99 is not None and direct_p99 > TARGET_P99_ADDED_MS:
-        out += ["", f"Note: direct's own p99 was {direct_p99:.3f} ms, more than the whole latency budget: "
-                "on this run the machine's scheduling noise (other work on the same cores) is larger than "
-                "what is being measured, so the p99 verdict can flip from run to run. Compare p50, and p99 "
-                "from a quiet machine."]
+    if d is not None and tm is not None and d.latency_rounds and not quiet_judged:
+        out += ["", f"Note: some leg had fewer than {MIN_QUIET_ROUNDS} quiet latency rounds (hypervisor "
+                f"steal at most {QUIET_STEAL_SHARE:.0%} of the CPUs), so the p50/p99 columns above are each "
+                "leg's median round and the p99 target is not judged on this run: the machine's noise "
+                "was larger than what is being measured. Compare p50, and p99 from a quieter run."]
+    elif direct_p99 is not None and direct_p99 > TARGET_P99_ADDED_MS:
+        out += ["", f"Note: direct's own p99 was {direct_p99:.3f} ms, more than the whole latency budget, "
+                "even in the rounds the hypervisor left quiet: other work on the same cores is larger than "
+                "what is being measured, so the p99 verdict can flip from run to run."]
     problems = [f"- {r.leg.name}: {msg}" for r in run_.results for msg in r.problems]
     if problems:
         out += ["", "Problems seen during the run (figures above include them):", "", *problems]
@@ -516,7 +598,11 @@ def markdown(run_: Run) -> str:
         f"- **p50/p99**: open-loop generator (bench/loadgen.py) at {LATENCY_RATE:.0f} req/s for "
         f"{s.latency_s:.0f} s after a 1 s warm-up, {s.latency_connections} keep-alive connections, "
         "latency from each request's intended send time (no coordinated omission). "
-        f"{s.latency_rounds} round(s), legs interleaved; the round with the median p99 is reported. "
+        f"At least {s.latency_rounds} round(s) per leg, legs interleaved, and more (up to "
+        f"{s.latency_max_rounds}) until each leg has {MIN_QUIET_ROUNDS} *quiet* rounds: rounds in which "
+        f"the hypervisor took at most {QUIET_STEAL_SHARE:.0%} of the run's CPUs (steal time in /proc/stat). "
+        "p50/p99 are over each leg's quiet rounds' latencies pooled; when some leg has too few quiet "
+        "rounds, every leg shows its round with the median p99 and the p99 target is not judged. "
         "*p99 added* = p99 of the leg − p99 of direct.",
         f"- **new conn/s**: {s.conns_threads} client threads for {s.conns_s:.0f} s, each connection a "
         "fresh full TLS 1.3 mTLS handshake (no session resumption) with the same client SVID, then one "
