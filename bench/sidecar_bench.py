@@ -51,8 +51,8 @@ LATENCY_RATE = 500.0
 # A latency round is *quiet* when the hypervisor took at most this share of the run's CPUs
 # (/proc/stat steal) during it. Steal comes in bursts: one 20 ms burst holds up ten requests,
 # and fifteen slow requests are the whole p99 of a 3 s round at 500 req/s. Measured here
-# (2026-11-28, scratch sweeps): with steal at 0.3-0.5% the trustmesh pair's p99 was 1.6-2.0 ms;
-# in the same minutes, with 2-20% steal, 4-26 ms, and direct's own p99 moved alike. So the
+# (2026-11-28, scratch sweeps): with steal under 1% direct's p99 was 0.7-1.7 ms and the trustmesh
+# pair's 1.6-4.7 ms; with 2-20% steal, 4-12 and 4-26 ms, every leg moving alike. So the
 # p99 target is judged on the latencies of quiet rounds, pooled, and every round is shown.
 QUIET_STEAL_SHARE = 0.01
 MIN_QUIET_ROUNDS = 2
