@@ -14,7 +14,6 @@ starts.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
@@ -25,7 +24,6 @@ from bench.sidecar_bench import LegResult
 def main() -> None:
     quiet_wanted = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     max_s = 60.0 * (float(sys.argv[2]) if len(sys.argv) > 2 else 25.0)
-    settings = dataclasses.replace(sidecar_bench.FULL, latency_max_rounds=10_000)
     client, server = interleaved.cpu_split()
     own = procs.cpus()
     t0 = time.monotonic()
@@ -39,11 +37,9 @@ def main() -> None:
         topologies.settle(1.0)
         procs.set_affinity(client)
         try:
-            while time.monotonic() - t0 < max_s and not all(
-                len(sidecar_bench._quiet_rounds(r)) >= quiet_wanted for r in results
-            ):
+            while time.monotonic() - t0 < max_s and not sidecar_bench._enough_quiet(results, quiet_wanted):
                 for r in results:
-                    sidecar_bench._latency(r, settings, own)
+                    sidecar_bench._latency(r, sidecar_bench.FULL, own)
         finally:
             procs.set_affinity(own)
     minutes = (time.monotonic() - t0) / 60

@@ -260,8 +260,8 @@ def _latency(r: LegResult, s: Settings, cpu_list: Sequence[int]) -> None:
     r.latency_rounds.append(LatencyRound(res, steal))
 
 
-def _enough_quiet(results: Sequence[LegResult]) -> bool:
-    return all(len(_quiet_rounds(r)) >= MIN_QUIET_ROUNDS for r in results)
+def _enough_quiet(results: Sequence[LegResult], wanted: int = MIN_QUIET_ROUNDS) -> bool:
+    return all(len(_quiet_rounds(r)) >= wanted for r in results)
 
 
 def _report_latency(results: Sequence[LegResult]) -> None:
