@@ -96,8 +96,14 @@ def run_fixed_rate(
     duration_s: float,
     warmup_s: float = 1.0,
     connections: int = 8,
+    timeline: list[tuple[float, float]] | None = None,
 ) -> FixedRateResult:
-    """Send `rate` requests/s for `warmup_s + duration_s`; record only those after the warm-up."""
+    """Send `rate` requests/s for `warmup_s + duration_s`; record only those after the warm-up.
+
+    `timeline`, if given, gets (intended send time, answer time) of every recorded request,
+    in `time.perf_counter` seconds: CLOCK_MONOTONIC on Linux, the clock `perf record -k
+    CLOCK_MONOTONIC` stamps scheduler events with (bench/latency_trace.py lines them up).
+    """
     request = f"GET {path} HTTP/1.1\r\nHost: api\r\nUser-Agent: trustmesh-bench\r\n\r\n".encode()
     result = FixedRateResult(rate, duration_s, connections)
     conns = [_Conn(host, port) for _ in range(connections)]
@@ -158,6 +164,8 @@ def run_fixed_rate(
                 if conn.recorded and conn.intended is not None:
                     result.completed += 1
                     result.latencies_us.append((finished - conn.intended) * 1e6)
+                    if timeline is not None:
+                        timeline.append((conn.intended, finished))
     finally:
         for conn in conns:
             conn.sock.close()

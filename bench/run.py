@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,12 +70,13 @@ def _say(message: str) -> None:
 # ---------------------------------------------------------------- tools
 
 
-def ensure_tools() -> list[str]:
-    """Install nginx-light, stunnel4 and wrk when missing; return the tools still missing."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+def ensure_tools(tools: Mapping[str, str] = TOOLS) -> list[str]:
+    """Install `tools` (command → Debian package; nginx-light, stunnel4 and wrk by default) when
+    missing; return the tools still missing."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if not missing:
         return []
-    packages = sorted({TOOLS[t] for t in missing})
+    packages = sorted({tools[t] for t in missing})
     if os.geteuid() != 0:
         _say(f"missing {', '.join(missing)}; not root, so not installing. Run as root, or: "
              f"sudo apt-get install -y {' '.join(packages)}")
@@ -89,7 +91,7 @@ def ensure_tools() -> list[str]:
         if done.returncode != 0:
             _say(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
             break
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
+    return [tool for tool in tools if shutil.which(tool) is None]
 
 
 # ---------------------------------------------------------------- machine
