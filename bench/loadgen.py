@@ -68,6 +68,7 @@ class _Conn:
         self.sock.setblocking(False)
         self.buf = bytearray()
         self.intended: float | None = None
+        self.sent = 0.0  # when the request actually left (kept only for a timeline)
         self.recorded = True
 
     def response_length(self) -> int | None:
@@ -96,13 +97,14 @@ def run_fixed_rate(
     duration_s: float,
     warmup_s: float = 1.0,
     connections: int = 8,
-    timeline: list[tuple[float, float]] | None = None,
+    timeline: list[tuple[float, float, float]] | None = None,
 ) -> FixedRateResult:
     """Send `rate` requests/s for `warmup_s + duration_s`; record only those after the warm-up.
 
-    `timeline`, if given, gets (intended send time, answer time) of every recorded request,
-    in `time.perf_counter` seconds: CLOCK_MONOTONIC on Linux, the clock `perf record -k
-    CLOCK_MONOTONIC` stamps scheduler events with (bench/latency_trace.py lines them up).
+    `timeline`, if given, gets (intended send time, actual send time, answer time) of every
+    recorded request, in `time.perf_counter` seconds: CLOCK_MONOTONIC on Linux, the clock
+    `perf record -k CLOCK_MONOTONIC` stamps scheduler events with (bench/latency_trace.py
+    lines them up).
     """
     request = f"GET {path} HTTP/1.1\r\nHost: api\r\nUser-Agent: trustmesh-bench\r\n\r\n".encode()
     result = FixedRateResult(rate, duration_s, connections)
@@ -129,6 +131,8 @@ def run_fixed_rate(
                 conn = idle.popleft()
                 conn.intended = backlog.popleft()
                 conn.recorded = conn.intended >= record_from
+                if timeline is not None:
+                    conn.sent = time.perf_counter()
                 conn.sock.send(request)  # ~70 bytes into an empty socket buffer: never partial
                 busy[conn.sock] = conn
                 result.sent += conn.recorded
@@ -165,7 +169,7 @@ def run_fixed_rate(
                     result.completed += 1
                     result.latencies_us.append((finished - conn.intended) * 1e6)
                     if timeline is not None:
-                        timeline.append((conn.intended, finished))
+                        timeline.append((conn.intended, conn.sent, finished))
     finally:
         for conn in conns:
             conn.sock.close()
