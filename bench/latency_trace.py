@@ -52,8 +52,7 @@ LONG_SLICE_S = 0.001
 _LOOKBACK_S = 0.25
 IDLE_PID = 0
 
-# (intended send time, actual send time, answer time) of one request, as loadgen records them.
-Timed = tuple[float, float, float]
+Timed = loadgen.Timed
 
 
 @dataclass(frozen=True)
@@ -104,8 +103,7 @@ class CpuTimeline:
 
 @dataclass
 class RoundTrace:
-    steal: float
-    result: loadgen.FixedRateResult
+    round: sidecar_bench.LatencyRound
     requests: list[Timed]
 
 
@@ -157,11 +155,11 @@ def report(
                     others[s.comm] += t
         median = inside[len(inside) // 2] * 1e3 if inside else 0.0
         p90 = inside[int(len(inside) * 0.9)] * 1e3 if inside else 0.0
-        p50, p99 = r.result.percentile(50) / 1000, r.result.percentile(99) / 1000
+        p50, p99 = r.round.result.percentile(50) / 1000, r.round.result.percentile(99) / 1000
         late_typical = _median_ms(s - i for i, s, _ in typical)
         late_slowest = _median_ms(s - i for i, s, _ in slowest)
         lines.append(
-            f"| {n} | {r.steal:.2%} | {p50:.3f} | {p99:.3f} "
+            f"| {n} | {r.round.steal_share:.2%} | {p50:.3f} | {p99:.3f} "
             f"| {median:.3f} / {p90:.3f} | {sum(1 for x in inside if x > LONG_SLICE_S)} "
             f"| {longest(typical):.2f} / {longest(slowest):.2f} | {late_typical:.2f} / {late_slowest:.2f} |"
         )
@@ -213,18 +211,11 @@ def main() -> None:
             )
             try:
                 time.sleep(1.0)  # perf is set up on every CPU
+                measured = sidecar_bench.LegResult(leg)
                 for _ in range(rounds):
                     times: list[Timed] = []
-                    steal0, t0 = procs.steal_seconds(own), time.monotonic()
-                    result = loadgen.run_fixed_rate(
-                        topologies.LOOPBACK, leg.entry_port, topologies.BODY_PATH,
-                        rate=sidecar_bench.LATENCY_RATE, duration_s=sidecar_bench.FULL.latency_s,
-                        warmup_s=sidecar_bench.LATENCY_WARMUP_S,
-                        connections=sidecar_bench.FULL.latency_connections, timeline=times,
-                    )  # fmt: skip
-                    steal = (procs.steal_seconds(own) - steal0) / ((time.monotonic() - t0) * max(1, len(own)))
-                    traces.append(RoundTrace(steal, result, times))
-                    print(f"round {len(traces) - 1}: steal {steal:.2%}", flush=True)
+                    sidecar_bench._latency(measured, sidecar_bench.FULL, own, timeline=times)
+                    traces.append(RoundTrace(measured.latency_rounds[-1], times))
             finally:
                 perf.send_signal(signal.SIGINT)
                 try:

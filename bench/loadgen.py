@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 # After the last intended send time, answers still in flight get this long.
 DRAIN_S = 5.0
 _RECV = 65536
+# (intended send time, actual send time, answer time) of one request: see `run_fixed_rate`.
+Timed = tuple[float, float, float]
 
 
 @dataclass
@@ -97,7 +99,7 @@ def run_fixed_rate(
     duration_s: float,
     warmup_s: float = 1.0,
     connections: int = 8,
-    timeline: list[tuple[float, float, float]] | None = None,
+    timeline: list[Timed] | None = None,
 ) -> FixedRateResult:
     """Send `rate` requests/s for `warmup_s + duration_s`; record only those after the warm-up.
 

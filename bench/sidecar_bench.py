@@ -246,12 +246,16 @@ def _quiet_rounds(r: LegResult) -> list[loadgen.FixedRateResult]:
     return [x.result for x in r.latency_rounds if x.quiet]
 
 
-def _latency(r: LegResult, s: Settings, cpu_list: Sequence[int]) -> None:
-    """One round, with the share of `cpu_list` the hypervisor took (steal) during it."""
+def _latency(
+    r: LegResult, s: Settings, cpu_list: Sequence[int], timeline: list[loadgen.Timed] | None = None
+) -> None:
+    """One round, with the share of `cpu_list` the hypervisor took (steal) during it.
+
+    `timeline`: see `loadgen.run_fixed_rate` (bench/latency_trace.py reads it)."""
     steal0, t0 = procs.steal_seconds(cpu_list), time.monotonic()
     res = loadgen.run_fixed_rate(
         LOOPBACK, r.leg.entry_port, BODY_PATH, rate=LATENCY_RATE, duration_s=s.latency_s,
-        warmup_s=LATENCY_WARMUP_S, connections=s.latency_connections,
+        warmup_s=LATENCY_WARMUP_S, connections=s.latency_connections, timeline=timeline,
     )
     steal = (procs.steal_seconds(cpu_list) - steal0) / ((time.monotonic() - t0) * max(1, len(cpu_list)))
     _say(f"{r.leg.name}: {res.summary()}, steal {steal:.1%}")
